@@ -1,0 +1,28 @@
+# Two commands do all the set-up on a fresh machine (see README):
+#   make demo   -- create .venv, install d2lite, generate the shapes data, train + evaluate RetinaNet on CPU
+#   make test   -- create .venv, install d2lite, run the full test suite
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_CONFIG ?= configs/quick/retinanet_R_18_FPN_shapes.py
+
+.PHONY: setup demo test test-quick rtmdet-demo
+
+$(STAMP): setup.py requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -e ".[tests]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) tools/lazyconfig_train_net.py --config-file $(DEMO_CONFIG)
+
+rtmdet-demo: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) tools/lazyconfig_train_net.py --config-file projects/RTMDet/configs/rtmdet_tiny_shapes.py
+
+test: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
+
+test-quick: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -m "not slow"
