@@ -1,0 +1,127 @@
+"""Build objects from lazy configs (dicts with a ``_target_`` key)."""
+import dataclasses
+import difflib
+import inspect
+import logging
+from collections import abc
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from d2lite.utils.registry import _convert_target_to_string, locate
+
+__all__ = ["instantiate"]
+
+logger = logging.getLogger(__name__)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _full_key(cfg: Any) -> str:
+    """Key path of an omegaconf node from its root config ("" for a root or plain object)."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        try:
+            return str(cfg._get_full_key(None) or "")
+        except Exception:  # detached or unusual nodes have no path; that is fine
+            return ""
+    return ""
+
+
+def _target_name(target: Any) -> str:
+    if isinstance(target, str):
+        return target
+    try:
+        return _convert_target_to_string(target)
+    except AttributeError:
+        return repr(target)
+
+
+def _check_kwargs(fn: Any, kwargs: dict, path: str, target_name: str) -> None:
+    """Raise a TypeError naming the key path when ``kwargs`` has names ``fn`` does not accept."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return
+    params = sig.parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    bad = [k for k in kwargs if k not in accepted]
+    if bad:
+        hints = []
+        for k in bad:
+            close = difflib.get_close_matches(k, accepted, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        where = f"config key '{path}'" if path else "the root config"
+        raise TypeError(
+            f"Cannot instantiate {where} with _target_={target_name}: unexpected argument(s) "
+            f"{', '.join(hints)}. {target_name} accepts: {', '.join(accepted) or 'no keyword arguments'}."
+        )
+
+
+def instantiate(cfg: Any, _path: Optional[str] = None) -> Any:
+    """Recursively build objects described by lazy configs.
+
+    A lazy config is a mapping with a ``_target_`` key (a callable, or its dotted
+    import path such as ``"d2lite.modeling.RetinaNet"``); it is replaced by
+    ``_target_(**other_keys)`` after its values were instantiated. Lists,
+    ``ListConfig`` (returned as a ``ListConfig`` like detectron2) and plain dicts are
+    walked; any other value, including a ``DictConfig`` without ``_target_``, is
+    returned unchanged.
+
+    Args:
+        cfg: a config object or plain data.
+
+    Returns:
+        the built object.
+
+    Raises:
+        TypeError: for an argument name the target does not accept; the message names
+            the config key path (e.g. ``model.backbone.bottom_up``), the target and
+            the argument.
+        ImportError: when a ``_target_`` string cannot be located (names key and string).
+        Any error raised by a target is re-raised as the same type (when possible)
+        with the key path and target in its message, chained to the original.
+    """
+    path = _full_key(cfg) if _path is None else _path
+    if isinstance(cfg, ListConfig):
+        items = [instantiate(cfg[i], _join(path, i)) for i in range(len(cfg))]
+        return ListConfig(items, flags={"allow_objects": True})
+    if isinstance(cfg, list):
+        return [instantiate(x, _join(path, i)) for i, x in enumerate(cfg)]
+    if isinstance(cfg, DictConfig) and dataclasses.is_dataclass(cfg._metadata.object_type):
+        return OmegaConf.to_object(cfg)
+    if isinstance(cfg, abc.Mapping) and "_target_" in cfg:
+        kwargs = {k: instantiate(cfg[k], _join(path, k)) for k in cfg.keys() if k != "_target_"}
+        target = instantiate(cfg["_target_"], _join(path, "_target_"))
+        if isinstance(target, str):
+            try:
+                target_obj = locate(target)
+            except ImportError as e:
+                raise ImportError(f"Config key '{_join(path, '_target_')}': {e}") from e
+        else:
+            target_obj = target
+        target_name = _target_name(target)
+        if not callable(target_obj):
+            raise TypeError(
+                f"Config key '{_join(path, '_target_')}' must be a callable or its import path, "
+                f"got {target_obj!r}."
+            )
+        _check_kwargs(target_obj, kwargs, path, target_name)
+        try:
+            return target_obj(**kwargs)
+        except Exception as e:
+            where = f"config key '{path}'" if path else "the root config"
+            msg = f"Error when instantiating {where} (_target_={target_name}): {type(e).__name__}: {e}"
+            try:
+                wrapped = type(e)(msg)
+            except Exception:
+                wrapped = None
+            if wrapped is None or wrapped.args != (msg,):
+                raise RuntimeError(msg) from e
+            raise wrapped from e
+    if isinstance(cfg, dict):
+        return {k: instantiate(v, _join(path, k)) for k, v in cfg.items()}
+    return cfg

@@ -1,0 +1,586 @@
+"""LazyCall and LazyConfig: Python/YAML config files made of lazy calls and plain data.
+
+A config file is a Python file whose top-level dicts and ``LazyCall`` nodes form the
+config; config files import each other with relative imports::
+
+    # configs/COCO-Detection/retinanet_R_50_FPN_1x.py
+    from ..common.models.retinanet import model
+    from ..common.train import train
+
+    model.num_classes = 3
+"""
+import ast
+import builtins
+import difflib
+import importlib.util
+import inspect
+import keyword
+import math
+import os
+import uuid
+import warnings
+from collections import abc
+from contextlib import contextmanager
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from d2lite.utils.registry import _convert_target_to_string, locate
+
+__all__ = ["LazyCall", "LazyConfig"]
+
+
+
+class LazyCall:
+    """Wrap a callable so that calling it records the call instead of running it.
+
+    ``LazyCall(nn.Conv2d)(in_channels=3, out_channels=8)`` returns a ``DictConfig``
+    ``{"_target_": nn.Conv2d, "in_channels": 3, "out_channels": 8}`` that can be
+    edited and later built by :func:`d2lite.config.instantiate`. Only keyword
+    arguments are supported.
+
+    Args:
+        target: a callable, its dotted import path (str), or a mapping that
+            instantiates to a callable.
+    """
+
+    def __init__(self, target: Any):
+        if not (callable(target) or isinstance(target, (str, abc.Mapping))):
+            raise TypeError(f"target of LazyCall must be a callable or its import path, got {target!r}.")
+        self._target = target
+
+    def __call__(self, **kwargs) -> DictConfig:
+        kwargs["_target_"] = self._target
+        return DictConfig(content=kwargs, flags={"allow_objects": True})
+
+
+def _visit_dict_config(cfg: Any, func) -> None:
+    """Apply ``func`` to every DictConfig inside ``cfg`` (pre-order)."""
+    if isinstance(cfg, DictConfig):
+        func(cfg)
+        for k in cfg.keys():
+            _visit_dict_config(cfg._get_node(k), func)
+    elif isinstance(cfg, ListConfig):
+        for i in range(len(cfg)):
+            _visit_dict_config(cfg._get_node(i), func)
+
+
+def _cast_to_config(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return DictConfig(obj, flags={"allow_objects": True})
+    return obj
+
+
+def _compile_config(filename: str) -> Any:
+    """Read and compile a Python config file; syntax errors name the file and line."""
+    with open(filename, "r", encoding="utf-8") as f:
+        content = f.read()
+    try:
+        return compile(content, filename, "exec")
+    except SyntaxError as e:
+        err = SyntaxError(f"Config file {filename}, line {e.lineno}: {e.msg}")
+        err.filename, err.lineno, err.offset, err.text = filename, e.lineno, e.offset, e.text
+        raise err from e
+
+
+_CFG_PACKAGE_NAME = "d2lite._cfg_loader"
+"""Namespace that config files are executed in (never registered in sys.modules)."""
+
+
+def _random_package_name(filename: str) -> str:
+    return _CFG_PACKAGE_NAME + uuid.uuid4().hex[:8] + "." + os.path.basename(filename)
+
+
+def _exec_config_module(path: str) -> Any:
+    """Execute ``path`` (a .py file, or a directory with optional __init__.py) as a module."""
+    spec = importlib.machinery.ModuleSpec(_random_package_name(path), None, origin=path)
+    module = importlib.util.module_from_spec(spec)
+    if os.path.isdir(path):
+        init = os.path.join(path, "__init__.py")
+        module.__path__ = [path]  # type: ignore[attr-defined]
+        if not os.path.isfile(init):
+            module.__file__ = init  # lets relative imports of its children resolve
+            return module
+        path = init
+    module.__file__ = path
+    module.__package__ = module.__name__
+    exec(_compile_config(path), module.__dict__)
+    return module
+
+
+def _resolve_relative(importer: str, name: str, level: int, statement: str) -> str:
+    """Path (``.py`` file or directory) that a relative import in ``importer`` refers to."""
+    cur = os.path.dirname(os.path.abspath(importer))
+    for _ in range(level - 1):
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            raise ImportError(f"{importer}: `{statement}` goes above the filesystem root.")
+        cur = parent
+    for part in name.split(".") if name else []:
+        cur = os.path.join(cur, part)
+    if name and os.path.isfile(cur + ".py"):
+        return cur + ".py"
+    if os.path.isdir(cur):
+        return cur
+    raise ImportError(
+        f"Cannot run `{statement}` in config file {importer}: {cur}.py does not exist "
+        "(relative imports in config files refer to .py files or directories, relative "
+        "to the importing file)."
+    )
+
+
+def _statement(name: str, fromlist: Any, level: int) -> str:
+    names = ", ".join(fromlist) if fromlist else "..."
+    return f"from {'.' * level}{name} import {names}"
+
+
+@contextmanager
+def _patch_import():
+    """Make relative imports inside config files load files by location.
+
+    Imported config files are executed fresh (nothing is cached in ``sys.modules``),
+    so loading a config twice gives independent objects; imported dicts become
+    DictConfig. Absolute imports are untouched.
+    """
+    old_import = builtins.__import__
+
+    def new_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if not (
+            level != 0
+            and globals is not None
+            and (globals.get("__package__") or "").startswith(_CFG_PACKAGE_NAME)
+        ):
+            return old_import(name, globals, locals, fromlist, level)
+        importer = globals["__file__"]
+        statement = _statement(name, fromlist, level)
+        path = _resolve_relative(importer, name, level, statement)
+        module = _exec_config_module(path)
+        for attr in fromlist or ():
+            if attr == "*":
+                continue
+            if attr not in module.__dict__:
+                sub = os.path.join(path, attr) if os.path.isdir(path) else None
+                if sub is not None and (os.path.isfile(sub + ".py") or os.path.isdir(sub)):
+                    module.__dict__[attr] = _exec_config_module(sub + ".py" if os.path.isfile(sub + ".py") else sub)
+                    continue
+                raise ImportError(f"Cannot run `{statement}` in config file {importer}: {path} does not define {attr!r}.")
+            module.__dict__[attr] = _cast_to_config(module.__dict__[attr])
+        return module
+
+    builtins.__import__ = new_import
+    try:
+        yield new_import
+    finally:
+        builtins.__import__ = old_import
+
+
+_UNSERIALIZABLE = "<unserializable>"
+"""Prefix of the string that :meth:`LazyConfig.save` writes in place of a value YAML cannot hold."""
+
+
+def _yaml_safe(obj: Any, path: str, bad: List[str]) -> Any:
+    """Plain-data copy of ``obj`` for YAML; unsupported values become marked strings."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, abc.Mapping):
+        out = {}
+        if "_target_" in obj:  # written first: the YAML reads like the call it describes
+            items = [("_target_", obj["_target_"])] + [(k, v) for k, v in obj.items() if k != "_target_"]
+        else:
+            items = list(obj.items())
+        for k, v in items:
+            sub = f"{path}.{k}" if path else str(k)
+            if k == "_target_" and not isinstance(v, (str, abc.Mapping)):
+                s = _target_string(v)
+                if s is not None:
+                    out[k] = s
+                    continue
+            out[k] = _yaml_safe(v, sub, bad)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_yaml_safe(v, f"{path}.{i}" if path else str(i), bad) for i, v in enumerate(obj)]
+    bad.append(path)
+    return f"{_UNSERIALIZABLE} {type(obj).__name__}: {_short_repr(obj)}"
+
+
+def _short_repr(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None)
+    if name is not None:
+        return f"{getattr(obj, '__module__', '?')}.{name}"
+    r = repr(obj)
+    return r if len(r) <= 80 else r[:77] + "..."
+
+
+def _target_string(target: Any) -> Optional[str]:
+    """Dotted path that locates back to ``target``, or None if there is none."""
+    try:
+        s = _convert_target_to_string(target)
+        if locate(s) is target:
+            return s
+    except (AttributeError, ImportError):
+        pass
+    return None
+
+
+def _parse_override_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        lowered = text.strip().lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        if lowered in ("null", "none", "~"):
+            return None
+        return text
+
+
+def _all_keys(cfg: Any, prefix: str = "") -> List[str]:
+    keys = []
+    if isinstance(cfg, DictConfig):
+        for k in cfg.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys.extend(_all_keys(cfg._get_node(k), full + "."))
+    elif isinstance(cfg, ListConfig):
+        for i in range(len(cfg)):
+            full = f"{prefix}{i}"
+            keys.append(full)
+            keys.extend(_all_keys(cfg._get_node(i), full + "."))
+    return keys
+
+
+def _type_name(v: Any) -> str:
+    if isinstance(v, DictConfig):
+        return "lazy call" if "_target_" in v else "dict"
+    if isinstance(v, ListConfig):
+        return "list"
+    return type(v).__name__
+
+
+def _check_override_type(key: str, old: Any, new: Any) -> None:
+    """Raise TypeError when ``new`` cannot replace ``old`` (see apply_overrides)."""
+    if old is None or new is None:
+        return
+    if isinstance(old, str) and old.startswith("${"):  # interpolation: any value can replace it
+        return
+    ok: bool
+    if isinstance(old, bool):
+        ok = isinstance(new, bool)
+    elif isinstance(old, int):
+        ok = isinstance(new, int) and not isinstance(new, bool)
+    elif isinstance(old, float):
+        ok = isinstance(new, (int, float)) and not isinstance(new, bool)
+    elif isinstance(old, str):
+        ok = isinstance(new, str)
+    elif isinstance(old, (ListConfig, list, tuple)):
+        ok = isinstance(new, (list, tuple))
+    elif isinstance(old, (DictConfig, dict)):
+        ok = isinstance(new, dict)
+    elif key.split(".")[-1] == "_target_":
+        ok = isinstance(new, str) or callable(new)
+    else:
+        ok = type(new) is type(old)
+    if not ok:
+        raise TypeError(
+            f"Cannot override config key '{key}': it holds a {_type_name(old)} ({old!r}) "
+            f"but the override gives a {_type_name(new)} ({new!r})."
+        )
+
+
+class LazyConfig:
+    """Load, save, override and print omegaconf configs made of LazyCall nodes."""
+
+    @staticmethod
+    def load_rel(filename: str, keys: Union[None, str, Tuple[str, ...]] = None):
+        """Like :meth:`load`, with ``filename`` relative to the calling file's directory."""
+        caller_fname = inspect.stack()[1][0].f_code.co_filename
+        if caller_fname.startswith("<"):
+            raise RuntimeError(f"load_rel({filename!r}) cannot find the file of its caller ({caller_fname}).")
+        return LazyConfig.load(os.path.join(os.path.dirname(caller_fname), filename), keys)
+
+    @staticmethod
+    def load(filename: str, keys: Union[None, str, Tuple[str, ...]] = None):
+        """Load a ``.py`` or ``.yaml``/``.yml`` config file.
+
+        Args:
+            filename: path, absolute or relative to the current directory.
+            keys: names to return (one str, or a tuple of names). If None, return a
+                DictConfig of all top-level values that are dicts/DictConfig/ListConfig
+                (LazyCall nodes included) and whose name does not start with ``_``.
+
+        Raises:
+            FileNotFoundError: naming the path, if it does not exist.
+            SyntaxError: naming the file and line, for a Python config with a syntax error.
+            ImportError: for a relative import that names no existing file.
+        """
+        filename = os.fspath(filename)
+        ext = os.path.splitext(filename)[1]
+        if ext not in (".py", ".yaml", ".yml"):
+            raise ValueError(f"Config file {filename} has to be a .py, .yaml or .yml file.")
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f"Config file {filename} does not exist (cwd: {os.getcwd()}).")
+        if ext == ".py":
+            code = _compile_config(filename)
+            namespace: Dict[str, Any] = {
+                "__file__": filename,
+                "__name__": _random_package_name(filename),
+            }
+            namespace["__package__"] = namespace["__name__"]
+            with _patch_import():
+                exec(code, namespace)
+            ret: Any = namespace
+        else:
+            with open(filename, "r", encoding="utf-8") as f:
+                obj = yaml.safe_load(f)
+            ret = OmegaConf.create(obj if obj is not None else {}, flags={"allow_objects": True})
+
+        if keys is not None:
+            missing = [k for k in ([keys] if isinstance(keys, str) else keys) if k not in ret]
+            if missing:
+                raise KeyError(f"Config file {filename} does not define {', '.join(missing)}.")
+            if isinstance(keys, str):
+                return _cast_to_config(ret[keys])
+            return tuple(_cast_to_config(ret[k]) for k in keys)
+        if ext == ".py":
+            ret = DictConfig(
+                {
+                    name: _cast_to_config(value)
+                    for name, value in ret.items()
+                    if isinstance(value, (DictConfig, ListConfig, dict)) and not name.startswith("_")
+                },
+                flags={"allow_objects": True},
+            )
+        return ret
+
+    @staticmethod
+    def save(cfg: Any, filename: str) -> None:
+        """Write ``cfg`` as YAML that :meth:`load` reads back to an equal config.
+
+        ``_target_`` callables are written as their import path. Values YAML cannot
+        hold (lambdas, local functions, arbitrary objects, ``_target_`` that cannot be
+        imported back) are reported by key path in one warning and written as the
+        string ``"<unserializable> TYPE: NAME"`` so the file still shows them; such a
+        config loads, but those keys must be set again before ``instantiate``. If
+        ``cloudpickle`` is installed, a complete pickle is also written to
+        ``filename + ".pkl"`` in that case.
+        """
+        container = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+        bad: List[str] = []
+        data = _yaml_safe(container, "", bad)
+        dumped = yaml.safe_dump(data, default_flow_style=None, allow_unicode=True, width=9999, sort_keys=False)
+        with open(filename, "w", encoding="utf-8") as f:
+            f.write(dumped)
+        if bad:
+            msg = (
+                f"Config saved to {filename}, but these keys hold values YAML cannot represent "
+                f"and were written as '{_UNSERIALIZABLE} ...' strings: {', '.join(bad)}. "
+                "Use LazyCall nodes or import paths instead to make the config reloadable."
+            )
+            try:
+                import cloudpickle  # optional
+            except ImportError:
+                cloudpickle = None
+            if cloudpickle is not None:
+                with open(filename + ".pkl", "wb") as f:
+                    cloudpickle.dump(cfg, f)
+                msg += f" A complete copy was pickled to {filename}.pkl."
+            warnings.warn(msg, UserWarning, stacklevel=2)
+
+    @staticmethod
+    def apply_overrides(cfg: Any, overrides: List[str]) -> Any:
+        """Apply command-line overrides ``"a.b.c=value"`` in place and return ``cfg``.
+
+        Values are parsed with ``ast.literal_eval`` (``1``, ``0.5``, ``[1,2]``,
+        ``None``, ``'x'``), plus ``true``/``false``/``null``; anything else is a str.
+        Digits in the key index lists (``model.pixel_mean.0=1``).
+
+        Raises:
+            KeyError: the key (or a parent) does not exist; names the key and the
+                closest existing keys.
+            TypeError: the value's type does not fit the existing value (an int may
+                replace a float, None may replace anything and anything may replace
+                None; a str key keeps the override text as a str).
+            ValueError: an override without ``=``.
+        """
+        for o in overrides:
+            if "=" not in o:
+                raise ValueError(f"Override {o!r} must have the form key=value, e.g. train.max_iter=100.")
+            key, text = o.split("=", 1)
+            key = key.strip()
+            if key.startswith("+") or key.startswith("~"):
+                raise ValueError(f"Override {o!r}: adding (+) or deleting (~) keys is not supported.")
+            value = _parse_override_value(text)
+            parts = key.split(".")
+            node = cfg
+            for i, part in enumerate(parts):
+                here = ".".join(parts[: i + 1])
+                if isinstance(node, DictConfig):
+                    exists = part in node.keys()
+                elif isinstance(node, ListConfig):
+                    exists = part.isdigit() and int(part) < len(node)
+                else:
+                    raise KeyError(
+                        f"Cannot override '{key}': '{'.'.join(parts[:i])}' is a "
+                        f"{_type_name(node)}, not a dict or list."
+                    )
+                if not exists:
+                    siblings = _all_keys(node, ".".join(parts[:i]) + "." if i else "")
+                    siblings = [s for s in siblings if s.count(".") == i and not s.endswith("_target_")]
+                    close = difflib.get_close_matches(here, siblings, n=3, cutoff=0.5)
+                    if not close:
+                        close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
+                    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+                    raise KeyError(f"Cannot override '{key}': config has no key '{here}'.{hint}")
+                idx = int(part) if isinstance(node, ListConfig) else part
+                if i == len(parts) - 1:
+                    old_node = node._get_node(idx)
+                    old = old_node if isinstance(old_node, (DictConfig, ListConfig)) else old_node._value()
+                    if isinstance(old, str) and not old.startswith("${") and not isinstance(value, str) and value is not None:
+                        value = text  # a str key keeps the text, e.g. output_dir=123
+                    _check_override_type(key, old, value)
+                    if isinstance(old, float) and isinstance(value, int):
+                        value = float(value)
+                    node[idx] = value
+                else:
+                    node = node._get_node(idx)
+        return cfg
+
+    @staticmethod
+    def to_py(cfg: Any, prefix: str = "cfg.") -> str:
+        """Python source that rebuilds ``cfg``.
+
+        Each top-level key becomes ``{prefix}{key} = ...`` with ``L(Class)(...)`` for
+        lazy calls (imports written at the top) and ``dict(...)``/list literals for
+        data; interpolations stay ``"${...}"`` strings. With ``prefix=""`` the result
+        is itself a config file. Values that have no Python source (lambdas, local
+        functions, arbitrary objects) are written as ``"<unserializable> ..."``
+        strings.
+        """
+        return _PyWriter().write(cfg, prefix)
+
+
+class _PyWriter:
+    """Renders a config as Python source (see LazyConfig.to_py)."""
+
+    WIDTH = 88
+
+    def __init__(self):
+        self.imports: Dict[str, Tuple[str, str]] = {}  # local name -> (module, name)
+
+    def _name_for(self, obj: Any) -> Optional[str]:
+        """Import ``obj`` (class/function) and return the expression naming it."""
+        path = obj if isinstance(obj, str) else _target_string(obj)
+        if path is None:
+            return None
+        try:
+            target = locate(path)
+        except ImportError:
+            return None
+        module_name, attrs = self._split(path)
+        if module_name is None:
+            return None
+        first = attrs[0]
+        local = first
+        n = 1
+        while local in self.imports and self.imports[local] != (module_name, first):
+            n += 1
+            local = f"{first}_{n}"
+        self.imports[local] = (module_name, first)
+        del target
+        return ".".join([local] + attrs[1:])
+
+    @staticmethod
+    def _split(path: str) -> Tuple[Optional[str], List[str]]:
+        parts = path.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            mod = ".".join(parts[:i])
+            try:
+                importlib.import_module(mod)
+            except ImportError:
+                continue
+            return mod, parts[i:]
+        return None, parts
+
+    def expr(self, obj: Any, indent: int) -> str:
+        one = self._expr(obj, indent, multiline=False)
+        if "\n" in one or len(one) + indent <= self.WIDTH:
+            return one
+        return self._expr(obj, indent, multiline=True)
+
+    def _join(self, opener: str, items: List[str], closer: str, indent: int, multiline: bool) -> str:
+        if not items:
+            return opener + closer
+        if not multiline:
+            return opener + ", ".join(items) + closer
+        pad = " " * (indent + 4)
+        return opener + "\n" + "".join(f"{pad}{it},\n" for it in items) + " " * indent + closer
+
+    def _kwargs(self, d: abc.Mapping, indent: int, multiline: bool) -> List[str]:
+        ind = indent + 4 if multiline else indent
+        items, odd = [], {}
+        for k, v in d.items():
+            if isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k):
+                items.append(f"{k}={self.expr(v, ind + len(k) + 1)}")
+            else:
+                odd[k] = v
+        if odd:
+            items.append("**" + self._dict_literal(odd, ind, multiline))
+        return items
+
+    def _dict_literal(self, d: abc.Mapping, indent: int, multiline: bool) -> str:
+        ind = indent + 4 if multiline else indent
+        items = [f"{k!r}: {self.expr(v, ind)}" for k, v in d.items()]
+        return self._join("{", items, "}", indent, multiline)
+
+    def _expr(self, obj: Any, indent: int, multiline: bool) -> str:
+        if isinstance(obj, abc.Mapping) and "_target_" in obj:
+            target = obj["_target_"]
+            name = self._name_for(target) if not isinstance(target, abc.Mapping) else None
+            if name is None:
+                if isinstance(target, str):
+                    name = repr(target)
+                elif isinstance(target, abc.Mapping):
+                    name = self.expr(target, indent)
+                else:
+                    name = repr(f"{_UNSERIALIZABLE} {type(target).__name__}: {_short_repr(target)}")
+            self.imports.setdefault("L", ("d2lite.config", "LazyCall"))
+            rest = {k: v for k, v in obj.items() if k != "_target_"}
+            return self._join(f"L({name})(", self._kwargs(rest, indent, multiline), ")", indent, multiline)
+        if isinstance(obj, abc.Mapping):
+            if all(isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k) for k in obj):
+                return self._join("dict(", self._kwargs(obj, indent, multiline), ")", indent, multiline)
+            return self._dict_literal(obj, indent, multiline)
+        if isinstance(obj, (list, tuple)):
+            ind = indent + 4 if multiline else indent
+            items = [self.expr(v, ind) for v in obj]
+            if isinstance(obj, tuple):
+                return self._join("(", items + ([""] if len(items) == 1 and not multiline else []), ")", indent, multiline).replace(", )", ",)")
+            return self._join("[", items, "]", indent, multiline)
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return f"float({str(obj)!r})"
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            return repr(obj)
+        if callable(obj):
+            name = self._name_for(obj)
+            if name is not None:
+                return name
+        return repr(f"{_UNSERIALIZABLE} {type(obj).__name__}: {_short_repr(obj)}")
+
+    def write(self, cfg: Any, prefix: str) -> str:
+        data = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
+        if not isinstance(data, abc.Mapping):
+            raise TypeError(f"to_py expects a dict-like config, got {type(cfg).__name__}.")
+        body = []
+        for k, v in data.items():
+            lhs = f"{prefix}{k} = "
+            one = self._expr(v, 0, multiline=False)
+            if "\n" in one or len(lhs) + len(one) <= self.WIDTH:
+                body.append(lhs + one)
+            else:
+                body.append(lhs + self._expr(v, 0, multiline=True))
+        lines = []
+        for local, (module, name) in sorted(self.imports.items(), key=lambda x: (x[1][0], x[0])):
+            alias = f" as {local}" if local != name else ""
+            lines.append(f"from {module} import {name}{alias}")
+        return "\n".join(lines) + ("\n\n" if lines else "") + "\n".join(body) + "\n"

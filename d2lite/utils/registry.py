@@ -1,0 +1,74 @@
+"""Dotted-path lookup of Python objects, used for ``_target_`` strings in configs.
+
+d2lite has no registries: a config names a class either by the object itself
+(``L(RetinaNet)(...)``) or by its import path (``"d2lite.modeling.RetinaNet"``).
+"""
+import importlib
+from typing import Any
+
+__all__ = ["locate"]
+
+
+def _convert_target_to_string(t: Any) -> str:
+    """Inverse of :func:`locate`: the shortest ``module.qualname`` that locates ``t``.
+
+    For ``d2lite.modeling.meta_arch.retinanet.RetinaNet`` this tries
+    ``d2lite.RetinaNet``, ``d2lite.modeling.RetinaNet``, ... and returns the first
+    one that :func:`locate` resolves back to the same object.
+
+    Raises:
+        AttributeError: if ``t`` has no ``__module__``/``__qualname__`` (e.g. an instance).
+    """
+    module, qualname = t.__module__, t.__qualname__
+    parts = module.split(".")
+    for k in range(1, len(parts)):
+        candidate = ".".join(parts[:k]) + "." + qualname
+        try:
+            if locate(candidate) is t:
+                return candidate
+        except ImportError:
+            pass
+    return f"{module}.{qualname}"
+
+
+def locate(name: str) -> Any:
+    """Return the object at dotted path ``name``, e.g. ``"torch.nn.Conv2d"``.
+
+    The longest importable module prefix is imported and the remaining parts are
+    looked up as attributes, so nested names such as
+    ``"d2lite.structures.Boxes.cat"`` (a method of a class) work too.
+
+    Raises:
+        ImportError: naming ``name`` when no prefix is importable or an attribute
+            is missing.
+    """
+    if not isinstance(name, str) or not name or any(not p for p in name.split(".")):
+        raise ImportError(f"Cannot locate {name!r}: expected a dotted path like 'torch.nn.Conv2d'.")
+    parts = name.split(".")
+    module = None
+    n_mod = 0
+    first_error: Exception = None  # type: ignore[assignment]
+    for i in range(len(parts), 0, -1):
+        mod_name = ".".join(parts[:i])
+        try:
+            module = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            # Only "this module does not exist" lets us try a shorter prefix; a module
+            # that exists but fails to import must surface its own error.
+            if e.name is not None and not (mod_name == e.name or mod_name.startswith(e.name + ".")):
+                raise ImportError(f"Cannot locate {name!r}: importing {mod_name!r} failed: {e}") from e
+            first_error = first_error or e
+            continue
+        n_mod = i
+        break
+    if module is None:
+        raise ImportError(f"Cannot locate {name!r}: no module named {parts[0]!r}.") from first_error
+    obj = module
+    for j in range(n_mod, len(parts)):
+        try:
+            obj = getattr(obj, parts[j])
+        except AttributeError as e:
+            raise ImportError(
+                f"Cannot locate {name!r}: {'.'.join(parts[:j])!r} has no attribute {parts[j]!r}."
+            ) from e
+    return obj
