@@ -6,7 +6,8 @@ a gradient background with pixel noise and unlabelled clutter (irregular blobs,
 thick curves, straight lines, dots) that can cross the objects. Later objects may
 partially hide earlier ones.
 
-The images are real JPEG files (quality 95) and the annotations a real COCO json,
+The images are real JPEG files (quality 95, no chroma subsampling: encoding and
+decoding take ~0.2 ms per image, 4-8x faster than PNG) and the annotations a real COCO json,
 written on first use under ``<root>/shapes``::
 
     <root>/shapes/train/000000.jpg ...   <root>/shapes/train.json
@@ -93,6 +94,7 @@ class ShapesImage:
         masks: (N, H, W) bool visible-pixel masks of the annotated objects.
         sizes: (N,) the longest side (pixels) of each annotated object's unoccluded box
             as requested from the size distribution.
+        full_areas: (N,) pixel count of each annotated object before occlusion.
     """
 
     image: np.ndarray
@@ -100,6 +102,7 @@ class ShapesImage:
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     masks: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), dtype=bool))
     sizes: np.ndarray = field(default_factory=lambda: np.zeros((0,)))
+    full_areas: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
 
 
 def _draw_mask(h: int, w: int, draw: Callable[[ImageDraw.ImageDraw], None]) -> np.ndarray:
@@ -293,6 +296,7 @@ def render_shapes_image(seed: int, index: int) -> ShapesImage:
         boxes=boxes,
         masks=masks,
         sizes=np.asarray([sizes[i] for i in keep]),
+        full_areas=np.asarray([full_areas[i] for i in keep], dtype=np.int64),
     )
 
 
@@ -359,7 +363,7 @@ def generate_shapes(root: str, split: str, num_images: int, seed: int) -> tuple[
             sample = render_shapes_image(seed, index)
             h, w = sample.image.shape[:2]
             Image.fromarray(sample.image).save(
-                os.path.join(tmp_dir, _file_name(index)), format="JPEG", quality=JPEG_QUALITY
+                os.path.join(tmp_dir, _file_name(index)), format="JPEG", quality=JPEG_QUALITY, subsampling=0
             )
             image_id = index + 1
             images.append({"id": image_id, "file_name": _file_name(index), "height": h, "width": w})
