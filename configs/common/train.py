@@ -1,0 +1,32 @@
+"""Common training settings read by tools/lazyconfig_train_net.py.
+
+Override on the command line, e.g. ``train.max_iter=100 train.device=cpu``.
+"""
+
+train = dict(
+    output_dir="./output",
+    # A local path or URL (detectron2://..., https://...) loaded before training.
+    init_checkpoint="",
+    max_iter=90000,
+    amp=dict(enabled=False),  # fp16 autocast on CUDA, bf16 on CPU
+    ddp=dict(  # options for DistributedDataParallel
+        broadcast_buffers=False,
+        find_unused_parameters=False,
+        fp16_compression=False,
+    ),
+    checkpointer=dict(period=5000, max_to_keep=100),  # options for PeriodicCheckpointer
+    eval_period=5000,
+    log_period=20,
+    # Every vis_period iterations, put a few training images with their
+    # ground-truth boxes into TensorBoard (0 = never).
+    vis_period=0,
+    device="cuda",
+    # Seed of all RNGs (plus the rank); -1 draws a random one. Deterministic by default.
+    seed=0,
+    # Gradient clipping of the full model, after backward and before the optimizer step.
+    clip_grad=dict(enabled=False, clip_type="norm", clip_value=1.0, norm_type=2.0),
+    # Exponential moving average of the weights (mmengine convention:
+    # ema = (1 - m) * ema + m * param). momentum_fn, if set, is a LazyCall of a
+    # callable step -> m. use_for_eval evaluates the EMA weights.
+    ema=dict(enabled=False, momentum=0.0002, momentum_fn=None, update_buffers=False, use_for_eval=True),
+)

@@ -1,0 +1,65 @@
+"""RetinaNet R18-FPN trained from scratch on the built-in shapes dataset, on a CPU.
+
+This is `make demo`: on a 2-core CPU it generates the data, trains and
+evaluates in under 10 minutes (numbers in benchmarks/README.md).
+Changes from the COCO recipe: ResNet-18 with BatchNorm trained from scratch,
+a 128-channel FPN on P3-P5 with anchors of 16-101 px (shapes are 12-90 px),
+GIoU box loss, AdamW, and images near their native 128-256 px size.
+"""
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+from d2lite.config import LazyCall as L
+from d2lite.data import transforms as T
+from d2lite.layers import ShapeSpec
+from d2lite.modeling.backbone import ResNet
+from d2lite.solver import WarmupParamScheduler
+
+from ..common.data.coco import dataloader
+from ..common.models.retinanet import model
+from ..common.optim import AdamW as optimizer
+from ..common.train import train
+
+MAX_ITER = 1200
+
+dataloader.train.dataset.names = "shapes_train"
+dataloader.test.dataset.names = "shapes_val"
+dataloader.train.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=(160, 176, 192, 208, 224), sample_style="choice", max_size=384),
+    L(T.RandomFlip)(horizontal=True),
+]
+dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=192, max_size=384)]
+dataloader.train.total_batch_size = 8
+dataloader.train.num_workers = 1
+dataloader.test.num_workers = 1
+
+model.backbone.bottom_up.stem.norm = "BN"
+model.backbone.bottom_up.stages = L(ResNet.make_default_stages)(depth=18, norm="BN")
+model.backbone.bottom_up.freeze_at = 0
+model.backbone.out_channels = 128
+model.backbone.top_block = None
+model.head_in_features = ["p3", "p4", "p5"]
+model.head.input_shape = [ShapeSpec(channels=128)] * 3
+model.head.conv_dims = [128] * 4
+model.anchor_generator.sizes = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [16, 32, 64]]
+model.anchor_generator.strides = [8, 16, 32]
+model.num_classes = 3
+model.box_reg_loss_type = "giou"
+# Trained from scratch with BN: normalise by the real pixel std.
+model.pixel_std = [57.375, 57.120, 58.395]
+
+optimizer.lr = 1e-3
+optimizer.weight_decay = 0.05
+
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[80, 93, 100]),
+    warmup_length=100 / MAX_ITER,
+    warmup_factor=0.001,
+)
+
+train.output_dir = "./output/retinanet_R_18_FPN_shapes"
+train.max_iter = MAX_ITER
+train.eval_period = MAX_ITER  # evaluate once, at the end
+train.checkpointer.period = 200
+train.log_period = 20
+train.vis_period = 200
+train.device = "cpu"

@@ -1,0 +1,86 @@
+"""End-to-end runs of tools/lazyconfig_train_net.py on the shapes dataset."""
+import json
+import re
+
+import pytest
+import torch
+
+from conftest import QUICK_CONFIG, SHORT, run_tool
+
+pytestmark = pytest.mark.slow
+
+
+def _bbox_ap(console: str) -> float:
+    # print_csv_format prints "copypaste: AP,AP50,..." then the numbers.
+    match = re.search(r"copypaste: AP,AP50.*\n.*copypaste: ([0-9.nan]+),", console)
+    assert match, console[-3000:]
+    return float(match.group(1))
+
+
+def test_train_writes_outputs_and_evaluates(trained_run):
+    out, console = trained_run
+    for name in ("config.yaml", "manifest.json", "metrics.json", "model_final.pth", "last_checkpoint", "log.txt"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("events.out.tfevents.*")), "no TensorBoard event file"
+    lines = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    iterations = [line["iteration"] for line in lines]
+    assert iterations[0] == 0 and iterations[-1] == 3
+    train_line = lines[0]
+    for key in ("total_loss", "loss_cls", "loss_box_reg", "lr", "data_time", "num_pos_anchors"):
+        assert key in train_line, (key, train_line)
+    assert any("bbox/AP" in line for line in lines)
+    assert "eta:" in console  # progress with ETA during training
+    assert "Inference done" in console  # and during evaluation
+    assert (out / "inference" / "coco_instances_results.json").is_file()
+    ap = _bbox_ap(console)
+    assert 0.0 <= ap <= 100.0
+    checkpoint = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["iteration"] == 3
+
+
+def test_eval_only_reproduces_ap(trained_run, tmp_path):
+    out, console = trained_run
+    proc = run_tool(
+        "lazyconfig_train_net.py", "--config-file", QUICK_CONFIG, "--eval-only",
+        f"train.init_checkpoint={out / 'model_final.pth'}", f"train.output_dir={tmp_path}", "dataloader.test.num_workers=0",
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert _bbox_ap(proc.stdout + proc.stderr) == pytest.approx(_bbox_ap(console), abs=1e-3)
+
+
+def test_resume_continues_from_last_checkpoint(trained_run, tmp_path):
+    out, _ = trained_run
+    import shutil
+
+    resumed = tmp_path / "run"
+    shutil.copytree(out, resumed)
+    proc = run_tool(
+        "lazyconfig_train_net.py", "--config-file", QUICK_CONFIG, "--resume", *SHORT,
+        "train.max_iter=6", "train.eval_period=100", f"train.output_dir={resumed}",
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    console = proc.stdout + proc.stderr
+    assert "model_final.pth" in console  # resumed from the last checkpoint
+    lines = [json.loads(line) for line in (resumed / "metrics.json").read_text().splitlines()]
+    iterations = [line["iteration"] for line in lines if "total_loss" in line]
+    # The first run wrote iterations 0-3; the resumed one continues with 4 and 5.
+    assert iterations[-2:] == [4, 5] and iterations.count(4) == 1
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config-file", "configs/quick/does_not_exist.py"], "does_not_exist.py"),
+        (["--config-file", QUICK_CONFIG, "train.max_itr=5"], "train.max_itr"),
+        (["--config-file", QUICK_CONFIG, "train.max_iter=abc"], "train.max_iter"),
+        (["--config-file", "configs/COCO-Detection/retinanet_R_50_FPN_1x.py"], "train.device=cpu"),
+    ],
+)
+def test_bad_command_lines_exit_with_one_line_reason(args, expected):
+    if "COCO" in args[1] and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    proc = run_tool("lazyconfig_train_net.py", *args, timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and expected in error_lines[0], proc.stderr
