@@ -1,0 +1,13 @@
+"""Checkpointing (DetectionCheckpointer) and weight-name conversion for model-zoo files."""
+from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
+
+from . import catalog as _UNUSED  # noqa: F401  (registers catalog:// in PathManager)
+from .c2_model_loading import align_and_update_state_dicts
+from .detection_checkpoint import DetectionCheckpointer
+
+__all__ = [
+    "Checkpointer",
+    "PeriodicCheckpointer",
+    "DetectionCheckpointer",
+    "align_and_update_state_dicts",
+]

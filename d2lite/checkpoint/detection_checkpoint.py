@@ -1,0 +1,257 @@
+"""DetectionCheckpointer: fvcore's Checkpointer with atomic saves and model-zoo formats."""
+import logging
+import os
+import pickle
+import tempfile
+from typing import Any, Dict, List, Optional
+
+import torch
+from fvcore.common.checkpoint import Checkpointer, _IncompatibleKeys
+from torch import nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from d2lite.utils import comm
+from d2lite.utils.file_io import PathManager
+
+from . import catalog as _catalog  # noqa: F401  (registers catalog:// in PathManager)
+from .c2_model_loading import align_and_update_state_dicts
+
+__all__ = ["DetectionCheckpointer"]
+
+logger = logging.getLogger(__name__)
+
+_C2_AUTHORS = ("Caffe2", "Detectron")
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _fsync_dir(dirname: str) -> None:
+    """Persist a rename in ``dirname`` (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(dirname, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str, write_fn: Any, binary: bool = True) -> None:
+    """Write ``path`` via a temp file in the same directory + fsync + os.replace.
+
+    An exception (or a kill) during ``write_fn`` leaves any previous ``path`` untouched;
+    the temp file is removed on exceptions.
+    """
+    dirname = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=dirname)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(dirname)
+
+
+def _strip_prefix(state_dict: Dict[str, Any], prefix: str) -> None:
+    """In place: drop ``prefix`` from every key if *all* keys start with it."""
+    keys = list(state_dict.keys())
+    if not keys or not all(k.startswith(prefix) for k in keys):
+        return
+    for k in keys:
+        state_dict[k[len(prefix):]] = state_dict.pop(k)
+
+
+class DetectionCheckpointer(Checkpointer):
+    """Save/load a model and other checkpointables (optimizer, scheduler, trainer, EMA...).
+
+    Differences from fvcore's :class:`Checkpointer`:
+
+    * saves are atomic: the checkpoint and the ``last_checkpoint`` tag are written to a
+      temp file in ``save_dir``, fsynced and renamed, so an interrupted save never
+      corrupts the previous checkpoint;
+    * only the main process saves by default (``save_to_disk=None``);
+    * loads detectron2 model-zoo ``.pkl`` files (``{"model": numpy arrays,
+      "__author__": ...}``) and Caffe2/Detectron ``.pkl`` files (blob names like
+      ``res2_0_branch2a_w``, converted to d2lite names and matched by suffix);
+    * paths may be ``detectron2://``, ``catalog://`` or ``https://`` URLs (through
+      :data:`d2lite.utils.file_io.PathManager`).
+
+    A DDP/DataParallel model is unwrapped: state-dict keys never start with "module.".
+
+    Example::
+
+        checkpointer = DetectionCheckpointer(model, "output", optimizer=opt, trainer=trainer)
+        checkpointer.resume_or_load("detectron2://ImageNetPretrained/MSRA/R-50.pkl", resume=True)
+        checkpointer.save("model_0000999", iteration=999)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        save_to_disk: Optional[bool] = None,
+        **checkpointables: Any,
+    ) -> None:
+        """
+        Args:
+            model: the model (may be wrapped in DDP/DataParallel).
+            save_dir: directory of checkpoints and the ``last_checkpoint`` tag. "" disables
+                saving.
+            save_to_disk: whether :meth:`save` writes; defaults to "only on the main process".
+            checkpointables: objects with ``state_dict()``/``load_state_dict()``, saved under
+                their keyword names.
+        """
+        self._wrapped_model = model if isinstance(model, (DistributedDataParallel, DataParallel)) else None
+        super().__init__(
+            model,
+            save_dir,
+            save_to_disk=comm.is_main_process() if save_to_disk is None else save_to_disk,
+            **checkpointables,
+        )
+        self.path_manager = PathManager
+
+    # ------------------------------------------------------------------ saving
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Atomically write ``{save_dir}/{name}.pth`` and tag it as the last checkpoint.
+
+        Args:
+            name: file name without ".pth", e.g. "model_0004999".
+            kwargs: extra data stored in the checkpoint (e.g. ``iteration=4999``) and
+                returned by :meth:`load`.
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        if os.path.basename(save_file) != basename:
+            raise ValueError(f"Checkpoint name {name!r} must not contain a directory part.")
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        if _is_remote(self.save_dir):
+            with self.path_manager.open(save_file, "wb") as f:
+                torch.save(data, f)
+        else:
+            os.makedirs(self.save_dir, exist_ok=True)
+            _atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Atomically write ``last_filename_basename`` into ``{save_dir}/last_checkpoint``."""
+        save_file = os.path.join(self.save_dir, "last_checkpoint")
+        if _is_remote(self.save_dir):
+            with self.path_manager.open(save_file, "w") as f:
+                f.write(last_filename_basename)
+            return
+        _atomic_write(save_file, lambda f: f.write(last_filename_basename), binary=False)
+
+    # ----------------------------------------------------------------- loading
+    def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+        """Load model (and checkpointables) from a file or URL.
+
+        Args:
+            path: local file, URL, ``detectron2://...`` or ``catalog://...``; "" loads nothing.
+            checkpointables: names of checkpointables to load; None loads all present.
+
+        Returns:
+            The remaining checkpoint data (e.g. ``iteration`` given to :meth:`save`).
+        """
+        if not path:
+            return super().load(path, checkpointables)
+        local = path if os.path.isfile(path) else self.path_manager.get_local_path(path)
+        if comm.get_world_size() > 1:
+            return self._load_distributed(local, checkpointables)
+        if not os.path.isfile(local):
+            raise FileNotFoundError(
+                f"Checkpoint {path} not found (resolved to {local}). Check "
+                "train.init_checkpoint / the path given to the checkpointer."
+            )
+        return super().load(local, checkpointables)
+
+    def _load_distributed(self, path: str, checkpointables: Optional[List[str]]) -> Dict[str, Any]:
+        has_file = os.path.isfile(path)
+        all_has_file = comm.all_gather(has_file)
+        if not all_has_file[0]:
+            raise OSError(f"Checkpoint {path} not found on the main worker.")
+        need_sync = not all(all_has_file)
+        if need_sync:
+            logger.warning(f"Not all workers can read checkpoint {path}; workers without it "
+                           "receive the model states from the main worker.")
+        ret = super().load(path if has_file else "", checkpointables)
+        if need_sync:
+            logger.info("Broadcasting model states from main worker ...")
+            for tensor in self.model.state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
+        return ret
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        """Read a checkpoint into ``{"model": state_dict, ...}``.
+
+        ``.pkl``: detectron2 model zoo (has "model" and "__author__") or Caffe2/Detectron
+        (blob dict, optionally under "blobs"; marked for name conversion). Anything else
+        is read with ``torch.load``; a bare state dict is wrapped as ``{"model": ...}``.
+        """
+        try:
+            if filename.endswith(".pkl"):
+                with self.path_manager.open(filename, "rb") as f:
+                    data = pickle.load(f, encoding="latin1")
+            else:
+                data = torch.load(filename, map_location=torch.device("cpu"), weights_only=False)
+        except Exception as e:
+            raise RuntimeError(f"Cannot read checkpoint file {filename}: {type(e).__name__}: {e}. "
+                               "The file may be truncated or not a checkpoint.") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"Checkpoint {filename} holds a {type(data).__name__}, expected a dict "
+                             "(a state dict or {'model': state_dict, ...}).")
+
+        if filename.endswith(".pkl"):
+            if "model" in data and "__author__" in data:
+                self.logger.info(f"Reading a file from '{data['__author__']}'")
+                return data
+            if "blobs" in data:  # Detectron detection models; ImageNet models are flat
+                data = data["blobs"]
+            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+        if "model" not in data:
+            data = {"model": data}
+        return data
+
+    def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
+        model_sd = checkpoint["model"]
+        if not isinstance(model_sd, dict):
+            raise ValueError(f"checkpoint['model'] is a {type(model_sd).__name__}, expected a "
+                             "state dict (name -> tensor).")
+        self._convert_ndarray_to_tensor(model_sd)
+        _strip_prefix(model_sd, "module.")
+        author = checkpoint.get("__author__", None)
+        if checkpoint.get("matching_heuristics", False) or author in _C2_AUTHORS:
+            checkpoint["model"] = align_and_update_state_dicts(
+                self.model.state_dict(), model_sd, c2_conversion=author in _C2_AUTHORS
+            )
+        incompatible = super()._load_model(checkpoint)
+
+        # pixel_mean/std are set from the config; old checkpoints may lack them.
+        model_buffers = dict(self.model.named_buffers(recurse=False))
+        for k in ("pixel_mean", "pixel_std"):
+            if k in model_buffers and k in incompatible.missing_keys:
+                incompatible.missing_keys.remove(k)
+        # cell anchors are non-persistent buffers now; old checkpoints still have them.
+        for k in list(incompatible.unexpected_keys):
+            if "anchor_generator.cell_anchors" in k:
+                incompatible.unexpected_keys.remove(k)
+        return incompatible
