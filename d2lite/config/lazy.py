@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from d2lite.utils.registry import _convert_target_to_string, locate
+from d2lite.utils.registry import _convert_target_to_string, _same, locate
 
 __all__ = ["LazyCall", "LazyConfig"]
 
@@ -216,7 +216,7 @@ def _target_string(target: Any) -> Optional[str]:
     """Dotted path that locates back to ``target``, or None if there is none."""
     try:
         s = _convert_target_to_string(target)
-        if locate(s) is target:
+        if _same(locate(s), target):
             return s
     except (AttributeError, ImportError):
         pass
@@ -420,9 +420,10 @@ class LazyConfig:
                 elif isinstance(node, ListConfig):
                     exists = part.isdigit() and int(part) < len(node)
                 else:
+                    value_here = node._value() if hasattr(node, "_value") else node
                     raise KeyError(
                         f"Cannot override '{key}': '{'.'.join(parts[:i])}' is a "
-                        f"{_type_name(node)}, not a dict or list."
+                        f"{_type_name(value_here)} ({value_here!r}), not a dict or list."
                     )
                 if not exists:
                     siblings = _all_keys(node, ".".join(parts[:i]) + "." if i else "")

@@ -19,16 +19,29 @@ def _convert_target_to_string(t: Any) -> str:
     Raises:
         AttributeError: if ``t`` has no ``__module__``/``__qualname__`` (e.g. an instance).
     """
-    module, qualname = t.__module__, t.__qualname__
+    owner = getattr(t, "__self__", None)
+    if isinstance(owner, type):  # classmethod bound to its class, e.g. OrderedDict.fromkeys
+        module, qualname = owner.__module__, f"{owner.__qualname__}.{t.__name__}"
+    else:
+        module, qualname = t.__module__, t.__qualname__
+    if module is None:
+        raise AttributeError(f"{t!r} has no __module__, so it has no import path.")
     parts = module.split(".")
     for k in range(1, len(parts)):
         candidate = ".".join(parts[:k]) + "." + qualname
         try:
-            if locate(candidate) is t:
+            if _same(locate(candidate), t):
                 return candidate
         except ImportError:
             pass
     return f"{module}.{qualname}"
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Identity, or equality for bound methods (each attribute access creates a new one)."""
+    if a is b:
+        return True
+    return hasattr(a, "__self__") and hasattr(b, "__self__") and bool(a == b)
 
 
 def locate(name: str) -> Any:
