@@ -470,94 +470,67 @@ class _PyWriter:
         self.imports: Dict[str, Tuple[str, str]] = {}  # local name -> (module, name)
 
     def _name_for(self, obj: Any) -> Optional[str]:
-        """Import ``obj`` (class/function) and return the expression naming it."""
+        """Add an import for ``obj`` (a callable or its dotted path); return the expression naming it."""
         path = obj if isinstance(obj, str) else _target_string(obj)
         if path is None:
             return None
         try:
-            target = locate(path)
+            locate(path)
         except ImportError:
             return None
         module_name, attrs = self._split(path)
         if module_name is None:
             return None
         first = attrs[0]
-        local = first
-        n = 1
+        local, n = first, 1
         while local in self.imports and self.imports[local] != (module_name, first):
             n += 1
             local = f"{first}_{n}"
         self.imports[local] = (module_name, first)
-        del target
         return ".".join([local] + attrs[1:])
 
     @staticmethod
     def _split(path: str) -> Tuple[Optional[str], List[str]]:
+        """``"a.b.C.m"`` -> (``"a.b"``, [``"C"``, ``"m"``]) using the longest importable module."""
         parts = path.split(".")
         for i in range(len(parts) - 1, 0, -1):
-            mod = ".".join(parts[:i])
             try:
-                importlib.import_module(mod)
+                importlib.import_module(".".join(parts[:i]))
             except ImportError:
                 continue
-            return mod, parts[i:]
+            return ".".join(parts[:i]), parts[i:]
         return None, parts
 
-    def expr(self, obj: Any, indent: int) -> str:
-        one = self._expr(obj, indent, multiline=False)
-        if "\n" in one or len(one) + indent <= self.WIDTH:
-            return one
-        return self._expr(obj, indent, multiline=True)
-
-    def _join(self, opener: str, items: List[str], closer: str, indent: int, multiline: bool) -> str:
-        if not items:
-            return opener + closer
-        if not multiline:
-            return opener + ", ".join(items) + closer
-        pad = " " * (indent + 4)
-        return opener + "\n" + "".join(f"{pad}{it},\n" for it in items) + " " * indent + closer
-
-    def _kwargs(self, d: abc.Mapping, indent: int, multiline: bool) -> List[str]:
-        ind = indent + 4 if multiline else indent
-        items, odd = [], {}
-        for k, v in d.items():
-            if isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k):
-                items.append(f"{k}={self.expr(v, ind + len(k) + 1)}")
-            else:
-                odd[k] = v
-        if odd:
-            items.append("**" + self._dict_literal(odd, ind, multiline))
-        return items
-
-    def _dict_literal(self, d: abc.Mapping, indent: int, multiline: bool) -> str:
-        ind = indent + 4 if multiline else indent
-        items = [f"{k!r}: {self.expr(v, ind)}" for k, v in d.items()]
-        return self._join("{", items, "}", indent, multiline)
-
-    def _expr(self, obj: Any, indent: int, multiline: bool) -> str:
-        if isinstance(obj, abc.Mapping) and "_target_" in obj:
-            target = obj["_target_"]
-            name = self._name_for(target) if not isinstance(target, abc.Mapping) else None
-            if name is None:
-                if isinstance(target, str):
-                    name = repr(target)
-                elif isinstance(target, abc.Mapping):
-                    name = self.expr(target, indent)
-                else:
-                    name = repr(f"{_UNSERIALIZABLE} {type(target).__name__}: {_short_repr(target)}")
-            self.imports.setdefault("L", ("d2lite.config", "LazyCall"))
-            rest = {k: v for k, v in obj.items() if k != "_target_"}
-            return self._join(f"L({name})(", self._kwargs(rest, indent, multiline), ")", indent, multiline)
+    def _parts(self, obj: Any) -> Optional[Tuple[str, List[Tuple[str, Any]], str]]:
+        """(opener, [(item prefix, child)], closer) for containers; None for leaves."""
         if isinstance(obj, abc.Mapping):
-            if all(isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k) for k in obj):
-                return self._join("dict(", self._kwargs(obj, indent, multiline), ")", indent, multiline)
-            return self._dict_literal(obj, indent, multiline)
-        if isinstance(obj, (list, tuple)):
-            ind = indent + 4 if multiline else indent
-            items = [self.expr(v, ind) for v in obj]
-            if isinstance(obj, tuple):
-                return self._join("(", items + ([""] if len(items) == 1 and not multiline else []), ")", indent, multiline).replace(", )", ",)")
-            return self._join("[", items, "]", indent, multiline)
+            target = obj.get("_target_", None) if "_target_" in obj else None
+            rest = [(k, v) for k, v in obj.items() if k != "_target_"]
+            if "_target_" in obj:
+                if isinstance(target, abc.Mapping):
+                    name = self.flat(target)
+                else:
+                    name = self._name_for(target)
+                    if name is None:
+                        name = repr(target) if isinstance(target, str) else self.leaf(target)
+                self.imports.setdefault("L", ("d2lite.config", "LazyCall"))
+                opener = f"L({name})("
+            else:
+                opener = "dict("
+            ident = [(k, v) for k, v in rest if isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k)]
+            if len(ident) == len(rest):
+                return opener, [(f"{k}=", v) for k, v in rest], ")"
+            if "_target_" not in obj:
+                return "{", [(f"{k!r}: ", v) for k, v in rest], "}"
+            odd = {k: v for k, v in rest if (k, v) not in ident}
+            return opener, [(f"{k}=", v) for k, v in ident] + [("**", odd)], ")"
+        if isinstance(obj, list):
+            return "[", [("", v) for v in obj], "]"
+        if isinstance(obj, tuple):
+            return "(", [("", v) for v in obj], ",)" if len(obj) == 1 else ")"
+        return None
+
+    def leaf(self, obj: Any) -> str:
         if isinstance(obj, float) and not math.isfinite(obj):
             return f"float({str(obj)!r})"
         if obj is None or isinstance(obj, (bool, int, float, str)):
@@ -568,6 +541,28 @@ class _PyWriter:
                 return name
         return repr(f"{_UNSERIALIZABLE} {type(obj).__name__}: {_short_repr(obj)}")
 
+    def flat(self, obj: Any) -> str:
+        parts = self._parts(obj)
+        if parts is None:
+            return self.leaf(obj)
+        opener, items, closer = parts
+        body = ", ".join(prefix + self.flat(v) for prefix, v in items)
+        return opener + body + (")" if closer == ",)" and len(items) != 1 else closer)
+
+    def fmt(self, obj: Any, indent: int, col: int) -> str:
+        """Source for ``obj`` starting at column ``col``; continuation lines indented by ``indent``."""
+        one = self.flat(obj)
+        parts = self._parts(obj)
+        if parts is None or col + len(one) <= self.WIDTH or not parts[1]:
+            return one
+        opener, items, closer = parts
+        pad = " " * (indent + 4)
+        lines = [opener]
+        for prefix, v in items:
+            lines.append(pad + prefix + self.fmt(v, indent + 4, indent + 4 + len(prefix)) + ",")
+        lines.append(" " * indent + closer.lstrip(","))
+        return "\n".join(lines)
+
     def write(self, cfg: Any, prefix: str) -> str:
         data = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
         if not isinstance(data, abc.Mapping):
@@ -575,11 +570,7 @@ class _PyWriter:
         body = []
         for k, v in data.items():
             lhs = f"{prefix}{k} = "
-            one = self._expr(v, 0, multiline=False)
-            if "\n" in one or len(lhs) + len(one) <= self.WIDTH:
-                body.append(lhs + one)
-            else:
-                body.append(lhs + self._expr(v, 0, multiline=True))
+            body.append(lhs + self.fmt(v, 0, len(lhs)))
         lines = []
         for local, (module, name) in sorted(self.imports.items(), key=lambda x: (x[1][0], x[0])):
             alias = f" as {local}" if local != name else ""
