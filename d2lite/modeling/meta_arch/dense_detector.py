@@ -1,0 +1,273 @@
+"""Base class of dense (one-stage, per-location) detectors such as RetinaNet."""
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from d2lite.structures import Boxes, ImageList, Instances
+from d2lite.utils.events import get_event_storage
+
+from ..backbone import Backbone
+from ..postprocessing import detector_postprocess
+
+__all__ = ["DenseDetector", "permute_to_N_HWA_K"]
+
+logger = logging.getLogger(__name__)
+
+
+def permute_to_N_HWA_K(tensor: Tensor, K: int) -> Tensor:
+    """Transpose/reshape a tensor from (N, (A x K), H, W) to (N, (H x W x A), K)."""
+    if tensor.dim() != 4:
+        raise ValueError(f"permute_to_N_HWA_K expects a (N, A*K, H, W) tensor, got shape {tuple(tensor.shape)}")
+    N, _, H, W = tensor.shape
+    tensor = tensor.view(N, -1, K, H, W)
+    tensor = tensor.permute(0, 3, 4, 1, 2)
+    return tensor.reshape(N, -1, K)  # (N, H*W*A, K)
+
+
+class DenseDetector(nn.Module):
+    """
+    Base class of dense detectors: a fully-convolutional model making per-location
+    predictions on a list of feature maps.
+
+    ``forward`` normalizes and batches the images, runs ``backbone`` and
+    ``head(features)`` on ``head_in_features``, then calls
+    :meth:`forward_training` (training) or :meth:`forward_inference` (eval), which
+    subclasses implement. In eval mode the results are rescaled to each input's
+    "height"/"width" by :func:`detector_postprocess`.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: nn.Module,
+        head_in_features: Optional[List[str]] = None,
+        *,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+    ):
+        """
+        Args:
+            backbone: a :class:`Backbone`; its ``size_divisibility`` and
+                ``padding_constraints`` drive image batching.
+            head: module called as ``head(list of feature maps)``.
+            head_in_features: backbone features fed to the head, in order. Defaults to all
+                backbone outputs sorted by stride.
+            pixel_mean, pixel_std: per-channel normalization, in the channel order of the
+                input images (e.g. BGR means [103.53, 116.28, 123.675] for BGR input).
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        if head_in_features is None:
+            shapes = self.backbone.output_shape()
+            self.head_in_features = sorted(shapes.keys(), key=lambda x: shapes[x].stride)
+        else:
+            self.head_in_features = list(head_in_features)
+            missing = [f for f in self.head_in_features if f not in self.backbone.output_shape()]
+            if missing:
+                raise ValueError(
+                    f"{type(self).__name__}: head_in_features {missing} are not backbone outputs "
+                    f"({list(self.backbone.output_shape())})"
+                )
+        if len(pixel_mean) != len(pixel_std):
+            raise ValueError(
+                f"{type(self).__name__}: pixel_mean {list(pixel_mean)} and pixel_std "
+                f"{list(pixel_std)} must have the same length"
+            )
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward(self, batched_inputs: List[Dict]):
+        """
+        Args:
+            batched_inputs: one dict per image with
+                * "image": (C, H, W) tensor in the model's input format;
+                * "instances": :class:`Instances` with gt_boxes / gt_classes (training);
+                * optional "height", "width": output resolution of the predictions
+                  (defaults to the image size).
+
+        Returns:
+            training: dict[str, Tensor] of scalar losses.
+            inference: list of {"instances": Instances(pred_boxes, scores, pred_classes)},
+            boxes in the "height" x "width" coordinate frame.
+        """
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        features = [features[f] for f in self.head_in_features]
+        predictions = self.head(features)
+
+        if self.training:
+            if "instances" not in batched_inputs[0]:
+                raise ValueError(
+                    f"{type(self).__name__} in training mode needs 'instances' in every input dict "
+                    "(set model.eval() for inference)"
+                )
+            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+            return self.forward_training(images, features, predictions, gt_instances)
+
+        results = self.forward_inference(images, features, predictions)
+        processed_results = []
+        for results_per_image, input_per_image, image_size in zip(results, batched_inputs, images.image_sizes):
+            height = input_per_image.get("height", image_size[0])
+            width = input_per_image.get("width", image_size[1])
+            processed_results.append({"instances": detector_postprocess(results_per_image, height, width)})
+        return processed_results
+
+    def forward_training(
+        self,
+        images: ImageList,
+        features: List[Tensor],
+        predictions: List[List[Tensor]],
+        gt_instances: List[Instances],
+    ) -> Dict[str, Tensor]:
+        """Compute the training losses from the head's ``predictions``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward_training")
+
+    def forward_inference(
+        self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
+    ) -> List[Instances]:
+        """Turn the head's ``predictions`` into one Instances per image, in input-image pixels."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward_inference")
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalize, pad and batch the input images."""
+        images = []
+        for i, x in enumerate(batched_inputs):
+            if "image" not in x:
+                raise ValueError(f"{type(self).__name__}: input {i} has no 'image' key (keys: {list(x)})")
+            img = x["image"]
+            if img.dim() != 3 or img.shape[0] != self.pixel_mean.shape[0]:
+                raise ValueError(
+                    f"{type(self).__name__}: input {i} 'image' must be (C, H, W) with "
+                    f"C={self.pixel_mean.shape[0]} (len(pixel_mean)), got shape {tuple(img.shape)}"
+                )
+            images.append((img.to(self.device) - self.pixel_mean) / self.pixel_std)
+        return ImageList.from_tensors(
+            images,
+            self.backbone.size_divisibility,
+            padding_constraints=self.backbone.padding_constraints,
+        )
+
+    def _transpose_dense_predictions(
+        self, predictions: List[List[Tensor]], dims_per_anchor: List[int]
+    ) -> List[List[Tensor]]:
+        """
+        Transpose dense per-level predictions.
+
+        Args:
+            predictions: a list of outputs, each a list of per-level tensors of shape
+                (N, Ai x K, Hi, Wi), Ai anchors per location, K values per anchor.
+            dims_per_anchor: the K of each output, e.g. [num_classes, 4].
+
+        Returns:
+            the same structure with tensors of shape (N, Hi x Wi x Ai, K).
+        """
+        if len(predictions) != len(dims_per_anchor):
+            raise ValueError(
+                f"_transpose_dense_predictions: {len(predictions)} outputs but "
+                f"{len(dims_per_anchor)} dims_per_anchor"
+            )
+        return [
+            [permute_to_N_HWA_K(x, dim_per_anchor) for x in pred]
+            for pred, dim_per_anchor in zip(predictions, dims_per_anchor)
+        ]
+
+    def _ema_update(self, name: str, value: float, initial_value: float, momentum: float = 0.9) -> float:
+        """
+        Update ``self.<name>`` to ``old * momentum + value * (1 - momentum)``, with ``old``
+        = ``initial_value`` on the first call; return the new value.
+
+        Used for the loss normalizer: normalizing by the #foreground of a single batch is
+        noisy with small batches, so an EMA of #foreground is used instead.
+        """
+        old = getattr(self, name) if hasattr(self, name) else initial_value
+        new = old * momentum + value * (1 - momentum)
+        setattr(self, name, new)
+        return new
+
+    def _decode_per_level_predictions(
+        self,
+        anchors: Boxes,
+        pred_scores: Tensor,
+        pred_deltas: Tensor,
+        score_thresh: float,
+        topk_candidates: int,
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        """
+        Decode one feature level: keep scores > ``score_thresh``, then the
+        ``topk_candidates`` best (anchor, class) pairs, and transform their deltas.
+
+        Args:
+            anchors: the level's R anchors.
+            pred_scores: (R, K) probabilities.
+            pred_deltas: (R, 4) box deltas.
+
+        Returns:
+            Instances with "pred_boxes", "scores", "pred_classes".
+        """
+        keep_idxs = pred_scores > score_thresh
+        pred_scores = pred_scores[keep_idxs]
+        topk_idxs = torch.nonzero(keep_idxs)  # (K', 2): (anchor index, class index)
+
+        num_topk = min(topk_candidates, topk_idxs.size(0))
+        pred_scores, idxs = pred_scores.topk(num_topk)
+        topk_idxs = topk_idxs[idxs]
+        anchor_idxs, classes_idxs = topk_idxs.unbind(dim=1)
+
+        pred_boxes = self.box2box_transform.apply_deltas(pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs])
+        return Instances(image_size, pred_boxes=Boxes(pred_boxes), scores=pred_scores, pred_classes=classes_idxs)
+
+    def _decode_multi_level_predictions(
+        self,
+        anchors: List[Boxes],
+        pred_scores: List[Tensor],
+        pred_deltas: List[Tensor],
+        score_thresh: float,
+        topk_candidates: int,
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        """Run :meth:`_decode_per_level_predictions` on every level and concatenate."""
+        predictions = [
+            self._decode_per_level_predictions(
+                anchors_i, box_cls_i, box_reg_i, score_thresh, topk_candidates, image_size
+            )
+            for box_cls_i, box_reg_i, anchors_i in zip(pred_scores, pred_deltas, anchors)
+        ]
+        return Instances.cat(predictions)
+
+    def visualize_training(self, batched_inputs: List[Dict], results: List[Instances]) -> None:
+        """
+        Put into the event storage an image showing the ground-truth boxes (top) and the
+        20 highest-scoring predictions (bottom) of the first input image.
+
+        Args:
+            batched_inputs: the model inputs.
+            results: per-image predictions in input-image pixels (from forward_inference).
+        """
+        from torchvision.utils import draw_bounding_boxes
+
+        if len(batched_inputs) != len(results):
+            raise ValueError("visualize_training: need one result per input")
+        max_boxes = 20
+        img = batched_inputs[0]["image"].detach().cpu()
+        input_format = getattr(self, "input_format", "BGR")
+        if input_format == "BGR":
+            img = img.flip(0)
+        elif input_format != "RGB":
+            raise ValueError(f"visualize_training supports input_format 'BGR' or 'RGB', got {input_format!r}")
+        img = img.clamp(0, 255).to(torch.uint8)
+        gt_boxes = batched_inputs[0]["instances"].gt_boxes.tensor.detach().cpu()
+        pred = detector_postprocess(results[0], img.shape[1], img.shape[2])
+        pred_boxes = pred.pred_boxes.tensor.detach().cpu()[:max_boxes]
+        top = draw_bounding_boxes(img, gt_boxes, colors="green")
+        bottom = draw_bounding_boxes(img, pred_boxes, colors="red")
+        vis_img = torch.cat([top, bottom], dim=1).float() / 255.0
+        name = f"Top: GT bounding boxes; Bottom: {max_boxes} Highest Scoring Results"
+        get_event_storage().put_image(name, vis_img)
