@@ -1,0 +1,151 @@
+"""instantiate() and d2lite.utils.registry.locate."""
+import collections
+import types
+
+import pytest
+import torch.nn as nn
+from omegaconf import DictConfig, ListConfig
+
+from d2lite.config import LazyCall as L
+from d2lite.config import instantiate
+from d2lite.utils.registry import _convert_target_to_string, locate
+
+
+class Bad:
+    def __init__(self, x: int):
+        raise ValueError(f"x must be positive, got {x}")
+
+
+def test_locate():
+    assert locate("torch.nn.Linear") is nn.Linear
+    assert locate("collections.OrderedDict") is collections.OrderedDict
+    # nested attributes: a method of a class
+    assert locate("collections.OrderedDict.fromkeys") == collections.OrderedDict.fromkeys
+    assert locate("os.path.join") is __import__("os").path.join
+
+
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("nonexistent_pkg_xyz.Thing", "no module named 'nonexistent_pkg_xyz'"),
+        ("torch.nn.NoSuchLayer", "'torch.nn' has no attribute 'NoSuchLayer'"),
+        ("collections.OrderedDict.nope", "'collections.OrderedDict' has no attribute 'nope'"),
+        ("torch..nn", "dotted path"),
+        ("", "dotted path"),
+    ],
+)
+def test_locate_errors_name_the_string(name, match):
+    with pytest.raises(ImportError, match=match) as exc:
+        locate(name)
+    assert repr(name) in str(exc.value)
+
+
+def test_convert_target_to_string_roundtrip():
+    s = _convert_target_to_string(nn.Conv2d)
+    assert s == "torch.nn.Conv2d"  # shortest path that locates back
+    assert locate(s) is nn.Conv2d
+    s = _convert_target_to_string(collections.OrderedDict.fromkeys)
+    assert s == "collections.OrderedDict.fromkeys"
+    with pytest.raises(AttributeError):
+        _convert_target_to_string(3)
+
+
+def test_instantiate_nested_and_containers():
+    cfg = L(types.SimpleNamespace)(
+        layers=[L(nn.Linear)(in_features=2, out_features=3), 5],
+        named={"a": 1},
+        fn=L("collections.OrderedDict.fromkeys")(iterable=["k"]),
+    )
+    obj = instantiate(cfg)
+    assert isinstance(obj, types.SimpleNamespace)
+    assert isinstance(obj.layers, ListConfig)  # detectron2 returns ListConfig
+    assert isinstance(obj.layers[0], nn.Linear) and obj.layers[0].weight.shape == (3, 2)
+    assert obj.layers[1] == 5
+    assert isinstance(obj.named, DictConfig) and obj.named.a == 1
+    assert obj.fn == collections.OrderedDict(k=None)
+
+
+def test_instantiate_string_target_and_lazy_target():
+    cfg = DictConfig({"_target_": "torch.nn.Linear", "in_features": 4, "out_features": 1})
+    assert isinstance(instantiate(cfg), nn.Linear)
+    # _target_ itself a lazy node that returns a callable
+    cfg = L(L(locate)(name="torch.nn.ReLU"))()
+    assert isinstance(instantiate(cfg), nn.ReLU)
+
+
+def test_instantiate_plain_python_containers():
+    data = [{"m": L(nn.ReLU)()}, {"x": 1}]
+    out = instantiate(data)
+    assert isinstance(out, list) and isinstance(out[0], dict)
+    assert isinstance(out[0]["m"], nn.ReLU)
+    assert out[1] == {"x": 1}
+    d = {"_target_": nn.Linear, "in_features": 1, "out_features": 2}
+    assert isinstance(instantiate(d), nn.Linear)
+
+
+def test_instantiate_leaves_non_lazy_alone():
+    cfg = DictConfig({"a": 1, "b": L(nn.ReLU)()}, flags={"allow_objects": True})
+    assert instantiate(cfg) is cfg  # like detectron2: DictConfig without _target_ unchanged
+    assert instantiate(3) == 3
+    assert instantiate("x") == "x"
+    assert instantiate(None) is None
+
+
+def test_instantiate_interpolation():
+    cfg = DictConfig(
+        {"model": L(types.SimpleNamespace)(num_classes=3, head=L(types.SimpleNamespace)(n="${..num_classes}"))},
+        flags={"allow_objects": True},
+    )
+    assert instantiate(cfg.model).head.n == 3
+
+
+def _nested(bottom_up):
+    return DictConfig(
+        {"model": L(types.SimpleNamespace)(backbone=L(types.SimpleNamespace)(bottom_up=bottom_up))},
+        flags={"allow_objects": True},
+    )
+
+
+def test_wrong_argument_names_key_path_target_and_argument():
+    cfg = _nested(L(nn.Linear)(in_feature=3, out_features=2))
+    with pytest.raises(TypeError) as exc:
+        instantiate(cfg.model)
+    msg = str(exc.value)
+    assert "model.backbone.bottom_up" in msg
+    assert "torch.nn.Linear" in msg
+    assert "'in_feature'" in msg and "did you mean 'in_features'" in msg
+
+
+def test_wrong_argument_from_plain_list_path():
+    cfg = [{"x": L(nn.Linear)(in_features=1, out_features=1, colour=2)}]
+    with pytest.raises(TypeError, match=r"config key '0\.x'.*'colour'"):
+        instantiate(cfg)
+
+
+def test_error_in_constructor_is_wrapped_and_chained():
+    cfg = _nested(L(Bad)(x=-1))
+    with pytest.raises(ValueError) as exc:
+        instantiate(cfg.model)
+    msg = str(exc.value)
+    assert "model.backbone.bottom_up" in msg
+    assert "Bad" in msg and "x must be positive, got -1" in msg
+    assert isinstance(exc.value.__cause__, ValueError)
+    assert str(exc.value.__cause__) == "x must be positive, got -1"
+
+
+def test_missing_required_argument():
+    cfg = _nested(L(nn.Linear)(in_features=3))
+    with pytest.raises(TypeError, match=r"model.backbone.bottom_up.*torch.nn.Linear.*out_features"):
+        instantiate(cfg.model)
+
+
+def test_unlocatable_target_names_key():
+    cfg = _nested(L("torch.nn.NotALayer")(x=1))
+    with pytest.raises(ImportError, match=r"model.backbone.bottom_up._target_.*torch.nn.NotALayer"):
+        instantiate(cfg.model)
+
+
+def test_non_callable_target():
+    cfg = DictConfig({"_target_": "math.pi"})
+    with pytest.raises(TypeError, match="_target_.*callable"):
+        instantiate(cfg)
