@@ -1,0 +1,15 @@
+"""RTMDet (mmdetection 3.x) as a d2lite project.
+
+Import as ``rtmdet`` with ``projects/RTMDet`` on ``sys.path`` (the configs and tests
+add it)."""
+from .assigner import AssignResult, DynamicSoftLabelAssigner, bbox_overlaps
+from .backbone import CSPNeXt, CSPNeXtPAFPN
+from .converter import convert_mmdet_state_dict, load_mmdet_checkpoint, to_mmdet_state_dict
+from .ema import ExpMomentum
+from .head import RTMDetSepBNHead
+from .layers import ChannelAttention, ConvModule, CSPLayer, CSPNeXtBlock, DepthwiseSeparableConvModule, SPPBottleneck
+from .losses import GIoULoss, QualityFocalLoss, giou_loss, quality_focal_loss
+from .prior_generator import DistancePointBBoxCoder, MlvlPointGenerator, bbox2distance, distance2bbox
+from .rtmdet import RTMDet
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]
