@@ -1,0 +1,69 @@
+"""d2lite.model_zoo: locating and loading shipped configs (on a temporary config tree)."""
+import textwrap
+
+import pytest
+
+from d2lite import model_zoo
+from d2lite.model_zoo import model_zoo as mz
+
+
+@pytest.fixture
+def config_tree(tmp_path, monkeypatch):
+    root = tmp_path / "configs"
+    (root / "common" / "models").mkdir(parents=True)
+    (root / "COCO-Detection").mkdir()
+    (root / "common" / "models" / "tiny.py").write_text(
+        textwrap.dedent(
+            """
+            from types import SimpleNamespace
+            from d2lite.config import LazyCall as L
+            model = L(SimpleNamespace)(num_classes=80, head=L(SimpleNamespace)(num_classes="${..num_classes}"))
+            """
+        )
+    )
+    (root / "COCO-Detection" / "tiny_1x.py").write_text(
+        "from ..common.models.tiny import model\nmodel.num_classes = 3\n"
+    )
+    monkeypatch.setattr(mz, "_PACKAGE_CONFIGS", tmp_path / "not_installed")
+    monkeypatch.setattr(mz, "_REPO_CONFIGS", root)
+    return root
+
+
+def test_get_config_file(config_tree):
+    path = model_zoo.get_config_file("COCO-Detection/tiny_1x.py")
+    assert path == str(config_tree / "COCO-Detection" / "tiny_1x.py")
+
+
+def test_unknown_config_lists_available(config_tree):
+    with pytest.raises(FileNotFoundError) as exc:
+        model_zoo.get_config_file("COCO-Detection/nope.py")
+    msg = str(exc.value)
+    assert "COCO-Detection/nope.py" in msg
+    assert "COCO-Detection/tiny_1x.py" in msg  # lists what exists
+    assert "common/models/tiny.py" not in msg  # common/ pieces are not leaf configs
+
+
+def test_get_config_from_other_cwd(config_tree, tmp_path, monkeypatch):
+    other = tmp_path / "somewhere_else"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    cfg = model_zoo.get_config("COCO-Detection/tiny_1x.py")
+    assert cfg.model.num_classes == 3
+    assert cfg.model.head.num_classes == 3
+
+
+def test_package_configs_take_precedence(config_tree, tmp_path, monkeypatch):
+    pkg = tmp_path / "pkg_configs"
+    (pkg / "quick").mkdir(parents=True)
+    (pkg / "quick" / "demo.py").write_text("train = dict(max_iter=7)\n")
+    monkeypatch.setattr(mz, "_PACKAGE_CONFIGS", pkg)
+    assert model_zoo.get_config("quick/demo.py").train.max_iter == 7
+    with pytest.raises(FileNotFoundError, match="tiny_1x.py is not a config"):
+        model_zoo.get_config_file("COCO-Detection/tiny_1x.py")
+
+
+def test_no_config_root(tmp_path, monkeypatch):
+    monkeypatch.setattr(mz, "_PACKAGE_CONFIGS", tmp_path / "a")
+    monkeypatch.setattr(mz, "_REPO_CONFIGS", tmp_path / "b")
+    with pytest.raises(FileNotFoundError, match="configs were not found"):
+        model_zoo.get_config_file("x.py")
