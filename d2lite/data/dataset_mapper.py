@@ -1,0 +1,117 @@
+"""DatasetMapper: dataset dict -> model input dict (read, augment, build Instances)."""
+import copy
+import logging
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+
+from . import detection_utils as utils
+from . import transforms as T
+
+__all__ = ["DatasetMapper"]
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetMapper:
+    """Map one dataset dict (detectron2 format) to what the model consumes.
+
+    1. read the image from ``dataset_dict["file_name"]`` in ``image_format``;
+    2. check its size against "height"/"width";
+    3. apply ``augmentations`` to the image and the boxes;
+    4. return the dict with "image" (uint8 tensor (C, H, W)) and, for training,
+       "instances" (gt_boxes XYXY_ABS in the augmented image, gt_classes int64);
+       crowd annotations and boxes that became empty are dropped.
+
+    Box detection only: instance masks and keypoints are not supported.
+    """
+
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        augmentations: List[Union[T.Augmentation, T.Transform]],
+        image_format: str,
+        use_instance_mask: bool = False,
+        use_keypoint: bool = False,
+        instance_mask_format: str = "polygon",
+        keypoint_hflip_indices: Optional[np.ndarray] = None,
+        precomputed_proposal_topk: Optional[int] = None,
+        recompute_boxes: bool = False,
+    ):
+        """
+        Args:
+            is_train: training mode keeps annotations; inference drops them.
+            augmentations: augmentations or deterministic transforms, applied in order.
+            image_format: "BGR", "RGB" or "L" (see :func:`detection_utils.read_image`).
+            use_instance_mask, use_keypoint, precomputed_proposal_topk, recompute_boxes:
+                detectron2 arguments for masks/keypoints/proposals; d2lite supports only
+                their default (off) values.
+        """
+        if use_instance_mask or use_keypoint or recompute_boxes or precomputed_proposal_topk:
+            raise ValueError(
+                "d2lite's DatasetMapper supports box detection only: use_instance_mask, "
+                "use_keypoint, recompute_boxes and precomputed_proposal_topk must be off."
+            )
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.use_instance_mask = use_instance_mask
+        self.instance_mask_format = instance_mask_format
+        self.use_keypoint = use_keypoint
+        self.keypoint_hflip_indices = keypoint_hflip_indices
+        self.proposal_topk = precomputed_proposal_topk
+        self.recompute_boxes = recompute_boxes
+        mode = "training" if is_train else "inference"
+        logger.info(f"[DatasetMapper] Augmentations used in {mode}: {augmentations}")
+
+    def _transform_annotations(self, dataset_dict: Dict[str, Any], transforms, image_shape) -> None:
+        annos = [
+            utils.transform_instance_annotations(obj, transforms, image_shape)
+            for obj in dataset_dict.pop("annotations")
+            if obj.get("iscrowd", 0) == 0
+        ]
+        instances = utils.annotations_to_instances(annos, image_shape)
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+        """
+        Args:
+            dataset_dict: one image's metadata in detectron2 dataset format.
+
+        Returns:
+            dict: the input dict plus "image" (uint8 (C, H, W)) and, when training,
+            "instances"; "annotations" are removed.
+
+        Raises:
+            FileNotFoundError / OSError / SizeMismatchError naming the file and, when the
+            dict carries "dataset_name", the dataset.
+        """
+        dataset_dict = copy.deepcopy(dataset_dict)  # it will be modified by code below
+        file_name = dataset_dict.get("file_name", "<no file_name>")
+        try:
+            image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+            utils.check_image_size(dataset_dict, image)
+        except (OSError, utils.SizeMismatchError) as e:
+            where = f" (dataset '{dataset_dict['dataset_name']}')" if "dataset_name" in dataset_dict else ""
+            msg = f"{e} [while mapping image_id={dataset_dict.get('image_id')} file '{file_name}'{where}]"
+            raise type(e)(msg) from e
+
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        image_shape = image.shape[:2]  # h, w
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            dataset_dict.pop("sem_seg_file_name", None)
+            return dataset_dict
+
+        if "annotations" in dataset_dict:
+            for anno in dataset_dict["annotations"]:
+                anno.pop("segmentation", None)
+                anno.pop("keypoints", None)
+            self._transform_annotations(dataset_dict, transforms, image_shape)
+        return dataset_dict
