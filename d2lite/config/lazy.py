@@ -12,6 +12,7 @@ config; config files import each other with relative imports::
 import ast
 import builtins
 import difflib
+import importlib.machinery
 import importlib.util
 import inspect
 import keyword
@@ -288,6 +289,54 @@ def _check_override_type(key: str, old: Any, new: Any) -> None:
         )
 
 
+def _override(cfg: Any, key: str, value: Any, text: Optional[str]) -> None:
+    """Set existing ``key`` of ``cfg`` to ``value`` after checking its type (see apply_overrides)."""
+    parts = key.split(".")
+    node = cfg
+    for i, part in enumerate(parts):
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, DictConfig):
+            exists = part in node.keys()
+        elif isinstance(node, ListConfig):
+            exists = part.isdigit() and int(part) < len(node)
+        else:
+            value_here = node._value() if hasattr(node, "_value") else node
+            raise KeyError(
+                f"Cannot override '{key}': '{'.'.join(parts[:i])}' is a "
+                f"{_type_name(value_here)} ({value_here!r}), not a dict or list."
+            )
+        if not exists:
+            siblings = _all_keys(node, ".".join(parts[:i]) + "." if i else "")
+            siblings = [s for s in siblings if s.count(".") == i and not s.endswith("_target_")]
+            close = difflib.get_close_matches(here, siblings, n=3, cutoff=0.5)
+            if not close:
+                close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise KeyError(f"Cannot override '{key}': config has no key '{here}'.{hint}")
+        idx = int(part) if isinstance(node, ListConfig) else part
+        if i < len(parts) - 1:
+            node = node._get_node(idx)
+            continue
+        old_node = node._get_node(idx)
+        old = old_node if isinstance(old_node, (DictConfig, ListConfig)) else old_node._value()
+        if isinstance(old, DictConfig) and isinstance(value, dict):
+            # merge key by key, so each key must exist and is type-checked
+            for k, v in value.items():
+                _override(cfg, f"{key}.{k}", v, None)
+            return
+        if text is not None and isinstance(old, str) and not old.startswith("${") and not isinstance(value, (str, type(None))):
+            value = text  # a str key keeps the text, e.g. output_dir=123
+        _check_override_type(key, old, value)
+        if part == "_target_" and isinstance(value, str):
+            try:
+                locate(value)
+            except ImportError as e:
+                raise ImportError(f"Cannot override '{key}': {e}") from e
+        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        node[idx] = value
+
+
 class LazyConfig:
     """Load, save, override and print omegaconf configs made of LazyCall nodes."""
 
@@ -393,7 +442,9 @@ class LazyConfig:
 
         Values are parsed with ``ast.literal_eval`` (``1``, ``0.5``, ``[1,2]``,
         ``None``, ``'x'``), plus ``true``/``false``/``null``; anything else is a str.
-        Digits in the key index lists (``model.pixel_mean.0=1``).
+        Digits in the key index lists (``model.pixel_mean.0=1``). A dict value for a
+        dict/LazyCall key is merged key by key (each key must exist). A ``_target_``
+        string must be importable.
 
         Raises:
             KeyError: the key (or a parent) does not exist; names the key and the
@@ -410,41 +461,7 @@ class LazyConfig:
             key = key.strip()
             if key.startswith("+") or key.startswith("~"):
                 raise ValueError(f"Override {o!r}: adding (+) or deleting (~) keys is not supported.")
-            value = _parse_override_value(text)
-            parts = key.split(".")
-            node = cfg
-            for i, part in enumerate(parts):
-                here = ".".join(parts[: i + 1])
-                if isinstance(node, DictConfig):
-                    exists = part in node.keys()
-                elif isinstance(node, ListConfig):
-                    exists = part.isdigit() and int(part) < len(node)
-                else:
-                    value_here = node._value() if hasattr(node, "_value") else node
-                    raise KeyError(
-                        f"Cannot override '{key}': '{'.'.join(parts[:i])}' is a "
-                        f"{_type_name(value_here)} ({value_here!r}), not a dict or list."
-                    )
-                if not exists:
-                    siblings = _all_keys(node, ".".join(parts[:i]) + "." if i else "")
-                    siblings = [s for s in siblings if s.count(".") == i and not s.endswith("_target_")]
-                    close = difflib.get_close_matches(here, siblings, n=3, cutoff=0.5)
-                    if not close:
-                        close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
-                    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-                    raise KeyError(f"Cannot override '{key}': config has no key '{here}'.{hint}")
-                idx = int(part) if isinstance(node, ListConfig) else part
-                if i == len(parts) - 1:
-                    old_node = node._get_node(idx)
-                    old = old_node if isinstance(old_node, (DictConfig, ListConfig)) else old_node._value()
-                    if isinstance(old, str) and not old.startswith("${") and not isinstance(value, str) and value is not None:
-                        value = text  # a str key keeps the text, e.g. output_dir=123
-                    _check_override_type(key, old, value)
-                    if isinstance(old, float) and isinstance(value, int):
-                        value = float(value)
-                    node[idx] = value
-                else:
-                    node = node._get_node(idx)
+            _override(cfg, key, _parse_override_value(text), text)
         return cfg
 
     @staticmethod

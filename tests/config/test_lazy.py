@@ -325,6 +325,23 @@ def test_apply_overrides_values():
     assert cfg.model.backbone._target_ == "types.SimpleNamespace"
 
 
+def test_apply_overrides_dict_merges_strictly():
+    cfg = _cfg_for_overrides()
+    LazyConfig.apply_overrides(cfg, ["model.backbone={'depth': 18}"])
+    assert cfg.model.backbone.depth == 18 and cfg.model.backbone.norm == "FrozenBN"
+    assert cfg.model.backbone._target_ is types.SimpleNamespace
+    with pytest.raises(KeyError, match="model.backbone.dpth.*model.backbone.depth"):
+        LazyConfig.apply_overrides(cfg, ["model.backbone={'dpth': 18}"])
+    with pytest.raises(TypeError, match="model.backbone.depth"):
+        LazyConfig.apply_overrides(cfg, ["model.backbone={'depth': 'deep'}"])
+
+
+def test_apply_overrides_target_must_be_importable():
+    cfg = _cfg_for_overrides()
+    with pytest.raises(ImportError, match="model.backbone._target_.*types.NoSuchThing"):
+        LazyConfig.apply_overrides(cfg, ["model.backbone._target_=types.NoSuchThing"])
+
+
 def test_apply_overrides_string_key_keeps_text():
     cfg = _cfg_for_overrides()
     LazyConfig.apply_overrides(cfg, ["train.output_dir=123", "train.amp.enabled=false"])
