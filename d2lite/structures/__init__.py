@@ -6,6 +6,7 @@ from .boxes import (
     pairwise_intersection,
     pairwise_ioa,
     pairwise_iou,
+    pairwise_point_box_distance,
 )
 from .image_list import ImageList
 from .instances import Instances

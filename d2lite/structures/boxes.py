@@ -18,6 +18,7 @@ __all__ = [
     "pairwise_iou",
     "pairwise_ioa",
     "matched_pairwise_iou",
+    "pairwise_point_box_distance",
 ]
 
 
@@ -75,7 +76,7 @@ class BoxMode(IntEnum):
                 raise ValueError(
                     f"BoxMode.convert: a single box must have 4 numbers, got {len(box)}: {box}"
                 )
-            arr = torch.tensor(box, dtype=torch.float64)[None, :]
+            arr = torch.tensor(box)[None, :]
         elif is_numpy:
             arr = torch.from_numpy(np.asarray(box)).clone()
         elif isinstance(box, torch.Tensor):
@@ -282,3 +283,19 @@ def matched_pairwise_iou(boxes1: Boxes, boxes2: Boxes) -> torch.Tensor:
     return torch.where(
         inter > 0, inter / (area1 + area2 - inter), torch.zeros(1, dtype=inter.dtype, device=inter.device)
     )
+
+
+def pairwise_point_box_distance(points: torch.Tensor, boxes: Boxes) -> torch.Tensor:
+    """Distances from each point to the four sides of each box.
+
+    Args:
+        points: (N, 2) points (x, y).
+        boxes: M boxes.
+
+    Returns:
+        (N, M, 4) distances (left, top, right, bottom) = (x - x1, y - y1, x2 - x, y2 - y);
+        all positive iff the point is strictly inside the box.
+    """
+    x, y = points.unsqueeze(dim=2).unbind(dim=1)  # (N, 1) each
+    x0, y0, x1, y1 = boxes.tensor.unsqueeze(dim=0).unbind(dim=2)  # (1, M) each
+    return torch.stack([x - x0, y - y0, x1 - x, y1 - y], dim=2)

@@ -179,3 +179,19 @@ def test_iou_values_against_formula_random():
             inter = iw * ih
             union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
             assert math.isclose(iou[i, j].item(), inter / union, rel_tol=1e-5, abs_tol=1e-6)
+
+
+def test_pairwise_point_box_distance():
+    from d2lite.structures import pairwise_point_box_distance
+
+    points = torch.tensor([[2.0, 3.0], [12.0, 1.0]])
+    d = pairwise_point_box_distance(points, Boxes([A, B]))
+    assert d.shape == (2, 2, 4)
+    assert d[0, 0].tolist() == [2.0, 3.0, 8.0, 7.0]
+    assert d[0, 1].tolist() == [-3.0, -2.0, 13.0, 12.0]
+    assert d[1, 0].tolist() == [12.0, 1.0, -2.0, 9.0]
+
+
+def test_box_mode_keeps_int_lists():
+    out = BoxMode.convert([1, 2, 3, 4], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
+    assert out == [1, 2, 4, 6] and all(isinstance(v, int) for v in out)

@@ -95,3 +95,15 @@ def test_to_and_repr():
     assert "num_instances=2" in s and "image_height=20" in s and "image_width=30" in s
     assert "gt_classes" in s
     assert "num_instances=0" in repr(Instances((1, 2)))
+
+
+def test_pickle_and_deepcopy_roundtrip():
+    import copy
+    import pickle
+
+    inst = _make(2)
+    for clone in (pickle.loads(pickle.dumps(inst)), copy.deepcopy(inst)):
+        assert clone.image_size == (20, 30)
+        assert clone.gt_classes.tolist() == [0, 1]
+        assert torch.equal(clone.gt_boxes.tensor, inst.gt_boxes.tensor)
+        assert clone.names == ["o0", "o1"]
