@@ -218,11 +218,12 @@ def align_and_update_state_dicts(
         ckpt_state_dict: checkpoint name -> tensor.
         c2_conversion: first convert Caffe2 names with :func:`convert_c2_detectron_names`.
 
+    A matched pair whose shapes differ is logged (both names, both shapes) and skipped.
+
     Returns:
-        A new state dict: matched values under the model's names (including those whose
-        shape differs, so that the loader reports and skips them), plus every unmatched
-        checkpoint entry under its own (converted) name, so the loader reports it as
-        unexpected.
+        A new state dict: matched values under the model's names, plus every unmatched
+        checkpoint entry under its own (converted) name, so the loader reports it (as
+        unexpected, or as a shape mismatch when the names are equal).
     """
     model_keys = sorted(model_state_dict.keys())
     if c2_conversion:
@@ -240,6 +241,15 @@ def align_and_update_state_dicts(
         best = max((k for k in ckpt_keys if is_suffix(key_model, k)), key=len, default=None)
         if best is None:
             continue
+        value = ckpt_state_dict[best]
+        shape_model = tuple(model_state_dict[key_model].shape)
+        if tuple(value.shape) != shape_model:
+            logger.warning(
+                f"Shape of {original_keys[best]} in checkpoint is {tuple(value.shape)}, while "
+                f"shape of {key_model} in model is {shape_model}. {original_keys[best]} will "
+                "not be loaded. Please double check and see if this is desired."
+            )
+            continue
         if best in matched:
             logger.error(f"Ambiguity found for {best} in checkpoint! It matches at least two "
                          f"keys in the model ({matched[best]} and {key_model}).")
@@ -248,25 +258,13 @@ def align_and_update_state_dicts(
                 f"the model ({matched[best]} and {key_model}). Rename the checkpoint keys or "
                 "load the weights into the intended submodule."
             )
-        value = ckpt_state_dict[best]
-        shape_model = tuple(model_state_dict[key_model].shape)
-        if tuple(value.shape) != shape_model:
-            logger.warning(
-                f"Shape of {original_keys[best]} in checkpoint is {tuple(value.shape)}, while "
-                f"shape of {key_model} in model is {shape_model}. It will not be loaded."
-            )
         matched[best] = key_model
         result[key_model] = value
 
     if not matched:
         logger.warning("No weights in checkpoint matched with model.")
     else:
-        shape_ok = OrderedDict(
-            (c, m) for c, m in matched.items()
-            if tuple(ckpt_state_dict[c].shape) == tuple(model_state_dict[m].shape)
-        )
-        if shape_ok:
-            logger.info(_matched_table(shape_ok, model_state_dict, original_keys))
+        logger.info(_matched_table(matched, model_state_dict, original_keys))
 
     unmatched_model = [k for k in model_keys if k not in set(matched.values())]
     if unmatched_model:

@@ -86,13 +86,25 @@ def test_align_ambiguity_raises():
         align_and_update_state_dicts(model, {"conv.weight": torch.zeros(2)}, c2_conversion=False)
 
 
-def test_align_shape_mismatch_is_logged_and_kept_for_loader(caplog):
-    model = _sd("backbone.res2.0.conv1.weight", shape=(4,))
+def test_align_shape_mismatch_is_logged_and_skipped(caplog):
+    model = _sd("backbone.res2.0.conv1.weight", "backbone.res2.0.conv2.weight", shape=(4,))
     with caplog.at_level(logging.WARNING):
         out = align_and_update_state_dicts(
-            model, {"res2_0_branch2a_w": torch.zeros(3)}, c2_conversion=True)
-    assert out["backbone.res2.0.conv1.weight"].shape == (3,)
-    assert "res2_0_branch2a_w" in caplog.text and "(3,)" in caplog.text and "(4,)" in caplog.text
+            model, {"res2_0_branch2a_w": torch.zeros(3), "res2_0_branch2b_w": torch.ones(4)},
+            c2_conversion=True)
+    assert "backbone.res2.0.conv1.weight" not in out
+    assert torch.equal(out["backbone.res2.0.conv2.weight"], torch.ones(4))
+    assert set(out) == {"backbone.res2.0.conv2.weight", "res2.0.conv1.weight"}
+    msg = caplog.text
+    assert "res2_0_branch2a_w" in msg and "backbone.res2.0.conv1.weight" in msg
+    assert "(3,)" in msg and "(4,)" in msg
+
+
+def test_align_ambiguity_ignores_shape_mismatched_candidates():
+    # as in detectron2: a wrong-shaped second match is skipped, not an ambiguity
+    model = {"a.conv.weight": torch.zeros(2), "b.conv.weight": torch.zeros(5)}
+    out = align_and_update_state_dicts(model, {"conv.weight": torch.ones(2)}, c2_conversion=False)
+    assert set(out) == {"a.conv.weight"}
 
 
 def test_align_with_c2_conversion_values():
