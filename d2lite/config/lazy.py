@@ -588,8 +588,14 @@ class _PyWriter:
         for k, v in data.items():
             lhs = f"{prefix}{k} = "
             body.append(lhs + self.fmt(v, 0, len(lhs)))
+        by_module: Dict[str, List[str]] = {}
+        for local, (module, name) in self.imports.items():
+            by_module.setdefault(module, []).append(name if local == name else f"{name} as {local}")
         lines = []
-        for local, (module, name) in sorted(self.imports.items(), key=lambda x: (x[1][0], x[0])):
-            alias = f" as {local}" if local != name else ""
-            lines.append(f"from {module} import {name}{alias}")
+        for module in sorted(by_module):
+            names = sorted(by_module[module], key=str.lower)
+            line = f"from {module} import {', '.join(names)}"
+            if len(line) > self.WIDTH:
+                line = f"from {module} import (\n" + "".join(f"    {n},\n" for n in names) + ")"
+            lines.append(line)
         return "\n".join(lines) + ("\n\n" if lines else "") + "\n".join(body) + "\n"
