@@ -133,7 +133,7 @@ class DynamicSoftLabelAssigner:
             )
 
         valid_bboxes = pred_bboxes[valid_mask]  # (V, 4)
-        valid_scores = pred_scores[valid_mask].float()  # (V, C)
+        valid_scores = pred_scores[valid_mask]  # (V, C)
         valid_priors = priors[valid_mask]  # (V, 4)
 
         gt_center = (gt_bboxes[:, :2] + gt_bboxes[:, 2:]) / 2.0  # (G, 2)

@@ -8,7 +8,7 @@ __all__ = ["ExpMomentum"]
 class ExpMomentum:
     """``m(step) = (1 - momentum) * exp(-(1 + step) / gamma) + momentum``.
 
-    Large early (m(0) = 0.9998 * exp(-1/2000) + 0.0002 ~= 0.99930) so the EMA
+    Large early (m(0) = 0.9998 * exp(-1/2000) + 0.0002 = 0.99950022) so the EMA
     follows the fast-changing weights, then anneals to ``momentum``.
     mmdetection's RTMDet uses momentum 0.0002, gamma 2000, with BN buffers averaged
     too (``update_buffers=True``).
