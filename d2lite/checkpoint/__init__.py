@@ -1,7 +1,6 @@
 """Checkpointing (DetectionCheckpointer) and weight-name conversion for model-zoo files."""
 from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
 
-from . import catalog as _UNUSED  # noqa: F401  (registers catalog:// in PathManager)
 from .c2_model_loading import align_and_update_state_dicts
 from .detection_checkpoint import DetectionCheckpointer
 

@@ -340,3 +340,18 @@ def test_offline_download_gives_clear_error(tmp_path, monkeypatch):
             "detectron2://ImageNetPretrained/MSRA/R-50.pkl", resume=False)
     with pytest.raises(DownloadError, match="detectron/ImageNetPretrained/MSRA/R-50.pkl"):
         PathManager.get_local_path("catalog://ImageNetPretrained/MSRA/R-50")
+
+
+def test_save_disabled_and_checkpoint_listing(tmp_path):
+    DetectionCheckpointer(_Detector(), str(tmp_path / "off"), save_to_disk=False).save("m")
+    DetectionCheckpointer(_Detector(), "").save("m")
+    assert not (tmp_path / "off").exists()
+    ckpt = DetectionCheckpointer(_Detector(), str(tmp_path / "on"))  # main process -> saves
+    assert not ckpt.has_checkpoint() and ckpt.get_checkpoint_file() == ""
+    ckpt.save("model_0000004")
+    ckpt.save("model_final")
+    assert sorted(os.path.basename(f) for f in ckpt.get_all_checkpoint_files()) == [
+        "model_0000004.pth", "model_final.pth"]
+    assert ckpt.get_checkpoint_file().endswith("model_final.pth")
+    with pytest.raises(ValueError, match="directory part"):
+        ckpt.save("sub/model")
