@@ -8,6 +8,11 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+try:  # omegaconf >= 2.4 keeps tuples as (immutable) TupleConfig
+    from omegaconf import TupleConfig
+except ImportError:  # older omegaconf turns tuples into ListConfig
+    TupleConfig = ListConfig
+
 from d2lite.utils.registry import _convert_target_to_string, locate
 
 __all__ = ["instantiate"]
@@ -21,7 +26,7 @@ def _join(path: str, key: Any) -> str:
 
 def _full_key(cfg: Any) -> str:
     """Key path of an omegaconf node from its root config ("" for a root or plain object)."""
-    if isinstance(cfg, (DictConfig, ListConfig)):
+    if isinstance(cfg, (DictConfig, ListConfig, TupleConfig)):
         try:
             return str(cfg._get_full_key(None) or "")
         except Exception:  # detached or unusual nodes have no path; that is fine
@@ -67,7 +72,8 @@ def instantiate(cfg: Any, _path: Optional[str] = None) -> Any:
     A lazy config is a mapping with a ``_target_`` key (a callable, or its dotted
     import path such as ``"d2lite.modeling.RetinaNet"``); it is replaced by
     ``_target_(**other_keys)`` after its values were instantiated. Lists,
-    ``ListConfig`` (returned as a ``ListConfig`` like detectron2) and plain dicts are
+    ``ListConfig`` (returned as a ``ListConfig`` like detectron2), tuples/``TupleConfig``
+    (returned as tuples) and plain dicts are
     walked; any other value, including a ``DictConfig`` without ``_target_``, is
     returned unchanged.
 
@@ -89,8 +95,12 @@ def instantiate(cfg: Any, _path: Optional[str] = None) -> Any:
     if isinstance(cfg, ListConfig):
         items = [instantiate(cfg[i], _join(path, i)) for i in range(len(cfg))]
         return ListConfig(items, flags={"allow_objects": True})
+    if isinstance(cfg, TupleConfig):
+        return tuple(instantiate(cfg[i], _join(path, i)) for i in range(len(cfg)))
     if isinstance(cfg, list):
         return [instantiate(x, _join(path, i)) for i, x in enumerate(cfg)]
+    if type(cfg) is tuple:  # namedtuples and other tuple subclasses are data, left alone
+        return tuple(instantiate(x, _join(path, i)) for i, x in enumerate(cfg))
     if isinstance(cfg, DictConfig) and dataclasses.is_dataclass(cfg._metadata.object_type):
         return OmegaConf.to_object(cfg)
     if isinstance(cfg, abc.Mapping) and "_target_" in cfg:

@@ -27,6 +27,13 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+try:  # omegaconf >= 2.4 keeps tuples as (immutable) TupleConfig
+    from omegaconf import TupleConfig
+except ImportError:  # older omegaconf turns tuples into ListConfig
+    TupleConfig = ListConfig
+
+_SEQ_CONFIGS = (ListConfig, TupleConfig)
+
 from d2lite.utils.registry import _convert_target_to_string, _same, locate
 
 __all__ = ["LazyCall", "LazyConfig"]
@@ -54,17 +61,6 @@ class LazyCall:
     def __call__(self, **kwargs) -> DictConfig:
         kwargs["_target_"] = self._target
         return DictConfig(content=kwargs, flags={"allow_objects": True})
-
-
-def _visit_dict_config(cfg: Any, func) -> None:
-    """Apply ``func`` to every DictConfig inside ``cfg`` (pre-order)."""
-    if isinstance(cfg, DictConfig):
-        func(cfg)
-        for k in cfg.keys():
-            _visit_dict_config(cfg._get_node(k), func)
-    elif isinstance(cfg, ListConfig):
-        for i in range(len(cfg)):
-            _visit_dict_config(cfg._get_node(i), func)
 
 
 def _cast_to_config(obj: Any) -> Any:
@@ -200,9 +196,25 @@ def _yaml_safe(obj: Any, path: str, bad: List[str]) -> Any:
             out[k] = _yaml_safe(v, sub, bad)
         return out
     if isinstance(obj, (list, tuple)):
-        return [_yaml_safe(v, f"{path}.{i}" if path else str(i), bad) for i, v in enumerate(obj)]
+        items = [_yaml_safe(v, f"{path}.{i}" if path else str(i), bad) for i, v in enumerate(obj)]
+        return tuple(items) if type(obj) is tuple else items
     bad.append(path)
     return f"{_UNSERIALIZABLE} {type(obj).__name__}: {_short_repr(obj)}"
+
+
+_TUPLE_TAG = "tag:yaml.org,2002:python/tuple"  # the tag PyYAML's full loader also reads
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML dumper that keeps tuples as ``!!python/tuple``."""
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader that reads ``!!python/tuple`` back as a tuple (and nothing unsafe)."""
+
+
+_Dumper.add_representer(tuple, lambda dumper, data: dumper.represent_sequence(_TUPLE_TAG, data, flow_style=True))
+_Loader.add_constructor(_TUPLE_TAG, lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
 
 
 def _short_repr(obj: Any) -> str:
@@ -243,7 +255,7 @@ def _all_keys(cfg: Any, prefix: str = "") -> List[str]:
             full = f"{prefix}{k}"
             keys.append(full)
             keys.extend(_all_keys(cfg._get_node(k), full + "."))
-    elif isinstance(cfg, ListConfig):
+    elif isinstance(cfg, _SEQ_CONFIGS):
         for i in range(len(cfg)):
             full = f"{prefix}{i}"
             keys.append(full)
@@ -254,6 +266,8 @@ def _all_keys(cfg: Any, prefix: str = "") -> List[str]:
 def _type_name(v: Any) -> str:
     if isinstance(v, DictConfig):
         return "lazy call" if "_target_" in v else "dict"
+    if isinstance(v, TupleConfig) and TupleConfig is not ListConfig:
+        return "tuple"
     if isinstance(v, ListConfig):
         return "list"
     return type(v).__name__
@@ -274,7 +288,7 @@ def _check_override_type(key: str, old: Any, new: Any) -> None:
         ok = isinstance(new, (int, float)) and not isinstance(new, bool)
     elif isinstance(old, str):
         ok = isinstance(new, str)
-    elif isinstance(old, (ListConfig, list, tuple)):
+    elif isinstance(old, (ListConfig, TupleConfig, list, tuple)):
         ok = isinstance(new, (list, tuple))
     elif isinstance(old, (DictConfig, dict)):
         ok = isinstance(new, dict)
@@ -297,7 +311,7 @@ def _override(cfg: Any, key: str, value: Any, text: Optional[str]) -> None:
         here = ".".join(parts[: i + 1])
         if isinstance(node, DictConfig):
             exists = part in node.keys()
-        elif isinstance(node, ListConfig):
+        elif isinstance(node, _SEQ_CONFIGS):
             exists = part.isdigit() and int(part) < len(node)
         else:
             value_here = node._value() if hasattr(node, "_value") else node
@@ -313,12 +327,12 @@ def _override(cfg: Any, key: str, value: Any, text: Optional[str]) -> None:
                 close = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.6)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise KeyError(f"Cannot override '{key}': config has no key '{here}'.{hint}")
-        idx = int(part) if isinstance(node, ListConfig) else part
+        idx = int(part) if isinstance(node, _SEQ_CONFIGS) else part
         if i < len(parts) - 1:
             node = node._get_node(idx)
             continue
         old_node = node._get_node(idx)
-        old = old_node if isinstance(old_node, (DictConfig, ListConfig)) else old_node._value()
+        old = old_node if isinstance(old_node, (DictConfig,) + _SEQ_CONFIGS) else old_node._value()
         if isinstance(old, DictConfig) and isinstance(value, dict):
             # merge key by key, so each key must exist and is type-checked
             for k, v in value.items():
@@ -334,6 +348,14 @@ def _override(cfg: Any, key: str, value: Any, text: Optional[str]) -> None:
                 raise ImportError(f"Cannot override '{key}': {e}") from e
         if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if isinstance(old, TupleConfig) and isinstance(value, list):
+            value = tuple(value)  # keep the container type, e.g. short_edge_length
+        if isinstance(node, TupleConfig) and TupleConfig is not ListConfig:
+            # tuples are immutable: replace the whole tuple in its parent
+            items = list(OmegaConf.to_container(node, resolve=False))
+            items[idx] = value
+            _override(cfg, ".".join(parts[:-1]), tuple(items), None)
+            return
         node[idx] = value
 
 
@@ -381,7 +403,7 @@ class LazyConfig:
             ret: Any = namespace
         else:
             with open(filename, "r", encoding="utf-8") as f:
-                obj = yaml.safe_load(f)
+                obj = yaml.load(f, Loader=_Loader)
             ret = OmegaConf.create(obj if obj is not None else {}, flags={"allow_objects": True})
 
         if keys is not None:
@@ -417,7 +439,9 @@ class LazyConfig:
         container = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
         bad: List[str] = []
         data = _yaml_safe(container, "", bad)
-        dumped = yaml.safe_dump(data, default_flow_style=None, allow_unicode=True, width=9999, sort_keys=False)
+        dumped = yaml.dump(
+            data, Dumper=_Dumper, default_flow_style=None, allow_unicode=True, width=9999, sort_keys=False
+        )
         with open(filename, "w", encoding="utf-8") as f:
             f.write(dumped)
         if bad:

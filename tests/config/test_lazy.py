@@ -4,6 +4,7 @@ import types
 import warnings
 
 import pytest
+import yaml
 import torch.nn as nn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -430,3 +431,30 @@ def test_to_py_name_clash_and_string_target():
     assert rebuilt.a._target_ is nn.Linear
     assert rebuilt.b._target_ is torch.ao.nn.quantized.Linear
     assert rebuilt.c._target_ == "some.unknown.Thing"
+
+
+def test_tuples_survive_save_load_and_instantiate(tmp_path):
+    cfg = DictConfig(
+        {"aug": L(types.SimpleNamespace)(short_edge_length=(640, 672), nested=(1, L(types.SimpleNamespace)(y=2)))},
+        flags={"allow_objects": True},
+    )
+    built = instantiate(cfg.aug)
+    assert built.short_edge_length == (640, 672)
+    assert isinstance(built.nested[1], types.SimpleNamespace) and built.nested[1].y == 2
+    LazyConfig.save(cfg, str(tmp_path / "t.yaml"))
+    assert "!!python/tuple [640, 672]" in (tmp_path / "t.yaml").read_text()
+    back = LazyConfig.load(str(tmp_path / "t.yaml"))
+    assert instantiate(back.aug).short_edge_length == (640, 672)
+    assert OmegaConf.to_container(back)["aug"]["short_edge_length"] == (640, 672)
+    # element override of an (immutable) tuple keeps a tuple
+    LazyConfig.apply_overrides(cfg, ["aug.short_edge_length.1=700"])
+    assert instantiate(cfg.aug).short_edge_length == (640, 700)
+    LazyConfig.apply_overrides(cfg, ["aug.short_edge_length=[1,2,3]"])
+    assert instantiate(cfg.aug).short_edge_length == (1, 2, 3)
+
+
+def test_yaml_loader_is_safe(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("x: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(yaml.constructor.ConstructorError):
+        LazyConfig.load(str(p))
