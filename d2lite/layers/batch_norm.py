@@ -1,4 +1,4 @@
-"""Normalization layers: FrozenBatchNorm2d, NaiveSyncBatchNorm, LayerNorm and ``get_norm``."""
+"""Normalization layers: FrozenBatchNorm2d, SyncBatchNorm, NaiveSyncBatchNorm, LayerNorm and ``get_norm``."""
 import logging
 from typing import Callable, Optional, Union
 
@@ -12,6 +12,7 @@ from .wrappers import BatchNorm2d
 
 __all__ = [
     "FrozenBatchNorm2d",
+    "SyncBatchNorm",
     "NaiveSyncBatchNorm",
     "LayerNorm",
     "get_norm",
@@ -147,15 +148,89 @@ class _AllReduceSum(Function):
 _warned_single_process_syncbn = False
 
 
-class NaiveSyncBatchNorm(BatchNorm2d):
-    """Synchronized BatchNorm that degrades to plain BatchNorm2d on one process.
+def _warn_single_process_syncbn() -> None:
+    global _warned_single_process_syncbn
+    if not _warned_single_process_syncbn:
+        _warned_single_process_syncbn = True
+        logger.warning(
+            "SyncBN is used in a single process (torch.distributed not initialized or "
+            "world size 1): it behaves as plain BatchNorm2d."
+        )
 
-    ``get_norm("SyncBN")`` returns this class. With ``torch.distributed`` not
-    initialized or a world size of 1 (CPU, one GPU) it is exactly
-    ``nn.BatchNorm2d`` and logs one warning per process; with several
-    processes, training-mode statistics are averaged over all of them with an
-    all-reduce that works for every backend (gloo on CPU, nccl on GPU).
-    Its state-dict keys are ``nn.BatchNorm2d``'s.
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """``nn.SyncBatchNorm`` that also works on one process and on CPU (``get_norm("SyncBN")``).
+
+    - one process (``torch.distributed`` not initialized or world size 1), or eval
+      mode: exactly ``nn.BatchNorm2d``; logs one warning per process (so a config
+      written for 8 GPUs runs on a laptop without "Default process group has not
+      been initialized");
+    - several processes, CUDA input: ``nn.SyncBatchNorm`` (as detectron2's "SyncBN");
+    - several processes, CPU input (gloo): statistics of the whole global batch via a
+      differentiable all-reduce of per-channel sums, i.e. the same numbers as
+      ``nn.SyncBatchNorm`` (unbiased running_var, cumulative average if momentum=None).
+
+    Being an ``nn.SyncBatchNorm``, its state-dict keys are ``nn.BatchNorm2d``'s and
+    ``FrozenBatchNorm2d.convert_frozen_batchnorm`` converts it.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """input: (N, C, ...) -> same shape."""
+        world_size = _world_size() if self.process_group is None else dist.get_world_size(self.process_group)
+        if world_size == 1 or not self.training:
+            if self.training:
+                _warn_single_process_syncbn()
+            # nn.BatchNorm's forward (nn.SyncBatchNorm's refuses CPU tensors once
+            # a process group exists, even of size 1).
+            return nn.modules.batchnorm._BatchNorm.forward(self, input)
+        if input.device.type != "cpu":
+            return super().forward(input)
+        return self._forward_cpu_distributed(input)
+
+    def _forward_cpu_distributed(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        C = input.shape[1]
+        dims = [0] + list(range(2, input.dim()))
+        x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
+        count = torch.full((1,), x.numel() // max(C, 1), dtype=x.dtype, device=x.device)
+        vec = torch.cat([x.sum(dim=dims), (x * x).sum(dim=dims), count])
+        vec = _AllReduceSum.apply(vec)
+        total = vec[-1].detach().clamp(min=1)
+        mean = vec[:C] / total
+        var = (vec[C : 2 * C] / total - mean * mean).clamp(min=0)
+
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+            else:
+                factor = self.momentum
+            with torch.no_grad():
+                unbiased = var * total / (total - 1).clamp(min=1)
+                self.running_mean.mul_(1 - factor).add_(factor * mean.detach())
+                self.running_var.mul_(1 - factor).add_(factor * unbiased.detach())
+
+        shape = [1, C] + [1] * (input.dim() - 2)
+        invstd = torch.rsqrt(var + self.eps)
+        if self.affine:
+            scale = self.weight * invstd
+            bias = self.bias - mean * scale
+        else:
+            scale = invstd
+            bias = -mean * invstd
+        out = x * scale.reshape(shape) + bias.reshape(shape)
+        return out.to(input.dtype)
+
+
+class NaiveSyncBatchNorm(BatchNorm2d):
+    """detectron2's simple synchronized BatchNorm (``get_norm("naiveSyncBN")``).
+
+    On one process (or in eval mode) it is exactly ``nn.BatchNorm2d`` (with the
+    same one-time warning as :class:`SyncBatchNorm`); with several processes the
+    per-process mean and mean-of-squares are averaged with a differentiable
+    all-reduce (any backend). Unlike :class:`SyncBatchNorm`, its running_var is
+    the biased variance and processes are weighted equally (``stats_mode=""``) or
+    by batch size (``"N"``), as in detectron2. State-dict keys are ``nn.BatchNorm2d``'s.
 
     Args:
         stats_mode: ``""``: every process has equal weight (needs a non-empty batch
@@ -174,13 +249,7 @@ class NaiveSyncBatchNorm(BatchNorm2d):
         world_size = _world_size()
         if world_size == 1 or not self.training:
             if world_size == 1 and self.training:
-                global _warned_single_process_syncbn
-                if not _warned_single_process_syncbn:
-                    _warned_single_process_syncbn = True
-                    logger.warning(
-                        "SyncBN is used in a single process (torch.distributed not initialized or "
-                        "world size 1): it behaves as plain BatchNorm2d."
-                    )
+                _warn_single_process_syncbn()
             return super().forward(input)
         if self.momentum is None:
             raise ValueError("NaiveSyncBatchNorm does not support momentum=None (cumulative average)")
@@ -247,7 +316,7 @@ class LayerNorm(nn.Module):
 
 _NORMS = {
     "BN": BatchNorm2d,
-    "SyncBN": NaiveSyncBatchNorm,
+    "SyncBN": SyncBatchNorm,
     "FrozenBN": FrozenBatchNorm2d,
     "GN": lambda channels: nn.GroupNorm(32, channels),
     "nnSyncBN": nn.SyncBatchNorm,
@@ -261,9 +330,10 @@ def get_norm(norm: Union[str, Callable[[int], nn.Module], None], out_channels: i
     """Build a normalization layer.
 
     Args:
-        norm: one of "BN", "SyncBN" (BN synchronized across processes, plain BN on
-            one process), "FrozenBN", "GN" (32 groups), "nnSyncBN" (torch's
-            SyncBatchNorm; needs GPUs), "naiveSyncBN", "naiveSyncBN_N", "LN";
+        norm: one of "BN", "SyncBN" (:class:`SyncBatchNorm`: synchronized across
+            processes, plain BN on one process), "FrozenBN", "GN" (32 groups),
+            "nnSyncBN" (torch's SyncBatchNorm; needs GPUs once a process group
+            exists), "naiveSyncBN", "naiveSyncBN_N", "LN";
             or a callable taking the channel count and returning a module;
             or "" / None for no normalization.
         out_channels: number of channels.

@@ -66,8 +66,15 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            # SyncBatchNorm cannot compute statistics of an empty batch.
-            if x.numel() == 0 and self.training and isinstance(self.norm, nn.SyncBatchNorm):
+            # Synchronized BN cannot compute statistics of an empty batch.
+            if (
+                x.numel() == 0
+                and self.training
+                and isinstance(self.norm, nn.SyncBatchNorm)
+                and torch.distributed.is_available()
+                and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1
+            ):
                 raise ValueError("SyncBatchNorm does not support empty inputs!")
         x = self._conv_forward(x, self.weight, self.bias)
         if self.norm is not None:

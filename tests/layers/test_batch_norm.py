@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import d2lite.layers.batch_norm as bn_module
-from d2lite.layers import FrozenBatchNorm2d, LayerNorm, NaiveSyncBatchNorm, get_norm
+from d2lite.layers import FrozenBatchNorm2d, LayerNorm, NaiveSyncBatchNorm, SyncBatchNorm, get_norm
 
 
 def _trained_bn(c: int = 4, seed: int = 0) -> nn.BatchNorm2d:
@@ -67,6 +67,7 @@ def test_convert_frozen_batchnorm_keeps_values_recursively():
     assert isinstance(single, FrozenBatchNorm2d)
     # SyncBN variants are converted too
     assert isinstance(FrozenBatchNorm2d.convert_frozen_batchnorm(NaiveSyncBatchNorm(4)), FrozenBatchNorm2d)
+    assert isinstance(FrozenBatchNorm2d.convert_frozen_batchnorm(SyncBatchNorm(4)), FrozenBatchNorm2d)
     assert isinstance(FrozenBatchNorm2d.convert_frozen_batchnorm(nn.SyncBatchNorm(4)), FrozenBatchNorm2d)
     with pytest.raises(ValueError, match="track_running_stats"):
         FrozenBatchNorm2d.convert_frozen_batchnorm(nn.BatchNorm2d(4, track_running_stats=False))
@@ -100,7 +101,9 @@ def test_frozen_bn_loads_old_checkpoint_without_running_stats():
 
 def test_get_norm_types():
     assert type(get_norm("BN", 8)) is nn.BatchNorm2d
-    assert isinstance(get_norm("SyncBN", 8), NaiveSyncBatchNorm)
+    assert type(get_norm("SyncBN", 8)) is SyncBatchNorm
+    assert isinstance(get_norm("SyncBN", 8), nn.SyncBatchNorm)
+    assert type(get_norm("naiveSyncBN", 8)) is NaiveSyncBatchNorm
     assert isinstance(get_norm("FrozenBN", 8), FrozenBatchNorm2d)
     gn = get_norm("GN", 64)
     assert isinstance(gn, nn.GroupNorm) and gn.num_groups == 32 and gn.num_channels == 64
@@ -119,16 +122,18 @@ def test_get_norm_types():
         NaiveSyncBatchNorm(4, stats_mode="X")
 
 
-def test_syncbn_single_process_is_bn_and_warns_once(monkeypatch, caplog):
+@pytest.mark.parametrize("name", ["SyncBN", "naiveSyncBN"])
+def test_syncbn_single_process_is_bn_and_warns_once(monkeypatch, caplog, name):
     monkeypatch.setattr(bn_module, "_warned_single_process_syncbn", False)
     torch.manual_seed(0)
-    sync = get_norm("SyncBN", 4)
+    sync = get_norm(name, 4)
     bn = nn.BatchNorm2d(4)
     assert list(sync.state_dict().keys()) == list(bn.state_dict().keys())
     x = torch.randn(3, 4, 5, 5) * 2 + 1
     with caplog.at_level(logging.WARNING, logger="d2lite.layers.batch_norm"):
         out = sync(x)
-        out2 = get_norm("SyncBN", 4)(x)  # another layer in the same process
+        out2 = get_norm("SyncBN", 4)(x)  # other layers in the same process
+        get_norm("naiveSyncBN", 4)(x)
     assert torch.allclose(out, bn(x), atol=1e-6)
     assert torch.allclose(sync.running_mean, bn.running_mean) and torch.allclose(sync.running_var, bn.running_var)
     assert out2.shape == x.shape
@@ -138,6 +143,21 @@ def test_syncbn_single_process_is_bn_and_warns_once(monkeypatch, caplog):
     bn.eval()
     assert torch.allclose(sync(x), bn(x), atol=1e-6)
     bn.load_state_dict(sync.state_dict(), strict=True)
+
+
+def test_syncbn_with_world_size_one_process_group_on_cpu(monkeypatch):
+    """USERS.md #10: nn.SyncBatchNorm refuses CPU input once a process group exists; SyncBN must not."""
+    monkeypatch.setattr(bn_module, "_warned_single_process_syncbn", False)
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{_free_port()}")
+    try:
+        x = torch.randn(2, 4, 3, 3)
+        with pytest.raises(ValueError, match="GPU"):
+            nn.SyncBatchNorm(4)(x)
+        torch.manual_seed(0)
+        out = get_norm("SyncBN", 4)(x)
+        assert torch.allclose(out, nn.BatchNorm2d(4)(x), atol=1e-6)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_layer_norm_channels_first():
@@ -153,14 +173,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _syncbn_worker(rank: int, world_size: int, port: int, stats_mode: str, x: torch.Tensor, result_dir: str):
+def _syncbn_worker(rank: int, world_size: int, port: int, norm: str, x: torch.Tensor, result_dir: str):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(0)
-        layer = NaiveSyncBatchNorm(4, stats_mode=stats_mode)
+        layer = get_norm(norm, 4)
         layer.weight.data = torch.tensor([1.0, 2.0, 0.5, 1.5])
         chunk = x[rank * 2 : (rank + 1) * 2].clone().requires_grad_()
         out = layer(chunk)
@@ -173,11 +193,14 @@ def _syncbn_worker(rank: int, world_size: int, port: int, stats_mode: str, x: to
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("stats_mode", ["", "N"])
-def test_syncbn_two_processes_equals_bn_on_whole_batch(tmp_path, stats_mode):
+@pytest.mark.parametrize(
+    "norm",
+    ["SyncBN", pytest.param("naiveSyncBN", marks=pytest.mark.slow), pytest.param("naiveSyncBN_N", marks=pytest.mark.slow)],
+)
+def test_syncbn_two_processes_equals_bn_on_whole_batch(tmp_path, norm):
     torch.manual_seed(1)
     x = torch.randn(4, 4, 3, 3) * 3 + 2
-    mp.spawn(_syncbn_worker, args=(2, _free_port(), stats_mode, x, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_syncbn_worker, args=(2, _free_port(), norm, x, str(tmp_path)), nprocs=2, join=True)
 
     bn = nn.BatchNorm2d(4)
     bn.weight.data = torch.tensor([1.0, 2.0, 0.5, 1.5])
@@ -191,6 +214,10 @@ def test_syncbn_two_processes_equals_bn_on_whole_batch(tmp_path, stats_mode):
         assert torch.allclose(r["out"], ref[rank * 2 : (rank + 1) * 2].detach(), atol=1e-4)
         assert torch.allclose(r["grad"], xg.grad[rank * 2 : (rank + 1) * 2], atol=1e-4)
         assert torch.allclose(r["rm"], bn.running_mean, atol=1e-5)
-    # running_var is biased in the synchronized path (as detectron2's NaiveSyncBatchNorm)
-    biased_var = x.var(dim=(0, 2, 3), unbiased=False)
-    assert torch.allclose(r["rv"], 0.9 + 0.1 * biased_var, atol=1e-4)
+    if norm == "SyncBN":
+        # exact global statistics, unbiased running_var, like nn.SyncBatchNorm / BN on one process
+        assert torch.allclose(r["rv"], bn.running_var, atol=1e-4)
+    else:
+        # detectron2's NaiveSyncBatchNorm keeps the biased variance
+        biased_var = x.var(dim=(0, 2, 3), unbiased=False)
+        assert torch.allclose(r["rv"], 0.9 + 0.1 * biased_var, atol=1e-4)
