@@ -62,6 +62,7 @@ def configurable(init_func: Optional[Callable] = None, *, from_config: Optional[
             else:
                 init_func(self, *args, **kwargs)
 
+        wrapped_init._d2lite_configurable = True  # type: ignore[attr-defined]
         return wrapped_init
 
     if from_config is None:
@@ -78,6 +79,7 @@ def configurable(init_func: Optional[Callable] = None, *, from_config: Optional[
             return orig_func(*args, **kwargs)
 
         wrapped.from_config = from_config  # type: ignore[attr-defined]
+        wrapped._d2lite_configurable = True  # type: ignore[attr-defined]
         return wrapped
 
     return wrapper

@@ -45,6 +45,9 @@ def _target_name(target: Any) -> str:
 
 def _check_kwargs(fn: Any, kwargs: dict, path: str, target_name: str) -> None:
     """Raise a TypeError naming the key path when ``kwargs`` has names ``fn`` does not accept."""
+    init = getattr(fn, "__init__", None) if isinstance(fn, type) else fn
+    if "cfg" in kwargs and getattr(init, "_d2lite_configurable", False):
+        return  # @configurable: from_config decides which keywords it takes
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # builtins without a signature: let the call decide

@@ -485,6 +485,7 @@ class LazyConfig:
             key = key.strip()
             if key.startswith("+") or key.startswith("~"):
                 raise ValueError(f"Override {o!r}: adding (+) or deleting (~) keys is not supported.")
+            text = text.strip()
             _override(cfg, key, _parse_override_value(text), text)
         return cfg
 

@@ -139,3 +139,15 @@ def test_decorator_misuse():
 
     with pytest.raises(TypeError, match="from_config must be a function"):
         configurable(from_config=3)
+
+
+def test_instantiate_configurable_with_cfg_keyword():
+    from d2lite.config import LazyCall as L
+    from d2lite.config import instantiate
+
+    h = instantiate(L(Head)(cfg=CFG, num_convs=5))
+    assert (h.num_classes, h.num_convs, h.prior_prob) == (80, 5, 0.02)
+    h = instantiate(L(Head)(num_classes=4))
+    assert h.num_classes == 4
+    with pytest.raises(TypeError, match="'num_class'.*did you mean 'num_classes'"):
+        instantiate(L(Head)(num_class=4))
