@@ -97,17 +97,19 @@ class DenseDetector(nn.Module):
             inference: list of {"instances": Instances(pred_boxes, scores, pred_classes)},
             boxes in the "height" x "width" coordinate frame.
         """
+        if self.training:
+            missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
+            if missing:
+                raise ValueError(
+                    f"{type(self).__name__} in training mode needs 'instances' in every input dict "
+                    f"(missing in inputs {missing}); call model.eval() for inference"
+                )
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         features = [features[f] for f in self.head_in_features]
         predictions = self.head(features)
 
         if self.training:
-            if "instances" not in batched_inputs[0]:
-                raise ValueError(
-                    f"{type(self).__name__} in training mode needs 'instances' in every input dict "
-                    "(set model.eval() for inference)"
-                )
             gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
             return self.forward_training(images, features, predictions, gt_instances)
 
