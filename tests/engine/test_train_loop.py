@@ -1,0 +1,261 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from d2lite.engine import AMPTrainer, HookBase, SimpleTrainer, TrainerBase, hooks
+
+
+class _Model(nn.Module):
+    """loss_a = mean(w * x), loss_b = 0.5 * sum(w ** 2); w starts at (1, 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0, 2.0]))
+
+    def forward(self, x):
+        return {"loss_a": (self.w * x).mean(), "loss_b": 0.5 * (self.w**2).sum()}
+
+
+def _loader(values):
+    for v in values:
+        yield torch.tensor(v)
+
+
+class _RecordingHook(HookBase):
+    def __init__(self, log):
+        self.log = log
+
+    def before_train(self):
+        self.log.append(("before_train", self.trainer.iter))
+
+    def after_train(self):
+        self.log.append(("after_train", self.trainer.iter))
+
+    def before_step(self):
+        assert self.trainer.storage.iter == self.trainer.iter
+        self.log.append(("before_step", self.trainer.iter))
+
+    def after_backward(self):
+        self.log.append(("after_backward", self.trainer.iter))
+
+    def after_step(self):
+        self.log.append(("after_step", self.trainer.iter))
+
+
+def test_hooks_called_in_order():
+    log = []
+    model = _Model()
+    trainer = SimpleTrainer(model, _loader([[1.0, 1.0]] * 3), torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.register_hooks([_RecordingHook(log), None])
+    trainer.train(0, 3)
+    expected = [("before_train", 0)]
+    for i in range(3):
+        expected += [("before_step", i), ("after_backward", i), ("after_step", i)]
+    expected += [("after_train", 3)]
+    assert log == expected
+    assert trainer.iter == 3 and trainer.start_iter == 0 and trainer.max_iter == 3
+
+
+def test_two_hooks_run_in_registration_order():
+    log = []
+
+    class Named(HookBase):
+        def __init__(self, name):
+            self.name = name
+
+        def after_step(self):
+            log.append(self.name)
+
+    model = _Model()
+    trainer = SimpleTrainer(model, _loader([[1.0, 1.0]] * 2), torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.register_hooks([Named("a"), Named("b")])
+    trainer.train(0, 2)
+    assert log == ["a", "b", "a", "b"]
+
+
+def test_register_non_hook_is_an_error():
+    with pytest.raises(TypeError, match="not a HookBase"):
+        TrainerBase().register_hooks([object()])
+
+
+def test_simple_trainer_step_and_metrics():
+    model = _Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = SimpleTrainer(model, _loader([[2.0, 4.0]]), opt)
+    trainer.train(0, 1)
+    # loss_a = (1*2 + 2*4)/2 = 5, loss_b = 0.5*(1+4) = 2.5
+    latest = trainer.storage.latest()
+    assert latest["loss_a"] == (5.0, 0)
+    assert latest["loss_b"] == (2.5, 0)
+    assert latest["total_loss"] == (7.5, 0)
+    assert "data_time" in latest and "rank_data_time" in latest
+    # grad = x/2 + w = (2, 4); w <- w - 0.1 * grad
+    assert torch.allclose(model.w.detach(), torch.tensor([0.8, 1.6]))
+
+
+def test_single_tensor_loss_is_total_loss():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor(3.0))
+
+        def forward(self, x):
+            return self.w * x
+
+    model = M()
+    trainer = SimpleTrainer(model, _loader([2.0]), torch.optim.SGD(model.parameters(), lr=0.5))
+    trainer.train(0, 1)
+    assert trainer.storage.latest()["total_loss"] == (6.0, 0)
+    assert "loss" not in trainer.storage.latest()
+    assert model.w.item() == pytest.approx(2.0)
+
+
+def test_nan_loss_raises_naming_iteration_and_keeps_weights():
+    log = []
+    model = _Model()
+    trainer = SimpleTrainer(
+        model, _loader([[1.0, 1.0], [1.0, 1.0], [float("nan"), 1.0]]), torch.optim.SGD(model.parameters(), lr=0.1)
+    )
+    trainer.register_hooks([_RecordingHook(log)])
+    with pytest.raises(FloatingPointError, match=r"Loss became infinite or NaN at iteration=2!") as e:
+        trainer.train(0, 5)
+    assert "loss_a" in str(e.value) and "nan" in str(e.value)
+    # after_train still ran, with iter < max_iter (training failed)
+    assert log[-1] == ("after_train", 2)
+    # the NaN step did not touch the weights: two SGD steps of grad (0.5 + w)
+    w = torch.tensor([1.0, 2.0])
+    for _ in range(2):
+        w = w - 0.1 * (0.5 + w)
+    assert torch.allclose(model.w.detach(), w)
+    assert torch.isfinite(model.w).all()
+
+
+def test_inf_loss_also_raises():
+    model = _Model()
+    trainer = SimpleTrainer(model, _loader([[float("inf"), 1.0]]), torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(FloatingPointError, match="iteration=7"):
+        trainer.train(7, 8)
+
+
+def test_exception_in_hook_calls_after_train_and_reraises():
+    calls = []
+
+    class Boom(HookBase):
+        def after_step(self):
+            if self.trainer.iter == 1:
+                raise RuntimeError("boom at 1")
+
+    model = _Model()
+    trainer = SimpleTrainer(model, _loader([[1.0, 1.0]] * 5), torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.register_hooks([hooks.CallbackHook(after_train=lambda t: calls.append(t.iter)), Boom()])
+    with pytest.raises(RuntimeError, match="boom at 1"):
+        trainer.train(0, 5)
+    assert calls == [1]
+
+
+def test_gather_metric_period():
+    model = _Model()
+    trainer = SimpleTrainer(
+        model, _loader([[1.0, 1.0]] * 4), torch.optim.SGD(model.parameters(), lr=0.1), gather_metric_period=2
+    )
+    trainer.train(0, 4)
+    assert [it for _, it in trainer.storage.history("total_loss").values()] == [1, 3]
+
+
+def test_zero_grad_before_forward():
+    model = _Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = SimpleTrainer(model, _loader([[2.0, 4.0]]), opt, zero_grad_before_forward=True)
+    model.w.grad = torch.tensor([100.0, 100.0])  # stale gradient must be cleared
+    trainer.train(0, 1)
+    assert torch.allclose(model.w.detach(), torch.tensor([0.8, 1.6]))
+
+
+def test_trainer_state_dict_holds_iteration_optimizer_and_hook_states():
+    model = _Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    trainer = SimpleTrainer(model, _loader([[1.0, 1.0]] * 2), opt)
+    trainer.register_hooks([hooks.LRScheduler(scheduler=sched), hooks.IterationTimer()])
+    trainer.train(0, 2)
+    sd = trainer.state_dict()
+    assert sd["iteration"] == 2
+    assert set(sd["hooks"]) == {"LRScheduler"}
+    assert sd["hooks"]["LRScheduler"]["last_epoch"] == 2
+    assert "state" in sd["optimizer"] and "param_groups" in sd["optimizer"]
+
+    model2 = _Model()
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9)
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
+    trainer2 = SimpleTrainer(model2, [], opt2)
+    trainer2.register_hooks([hooks.LRScheduler(scheduler=sched2)])
+    trainer2.load_state_dict(sd)
+    assert trainer2.iter == 2
+    assert sched2.last_epoch == 2
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert torch.equal(opt2.state[model2.w]["momentum_buffer"], opt.state[model.w]["momentum_buffer"])
+
+
+def test_amp_trainer_refuses_fp16_on_cpu():
+    model = _Model()
+    with pytest.raises(ValueError, match="float16 mixed precision is not supported on CPU"):
+        AMPTrainer(model, [], torch.optim.SGD(model.parameters(), lr=0.1), precision=torch.float16)
+    with pytest.raises(ValueError, match="GradScaler is only used with float16 on CUDA"):
+        AMPTrainer(model, [], torch.optim.SGD(model.parameters(), lr=0.1), grad_scaler=torch.amp.GradScaler("cpu"))
+
+
+def test_amp_trainer_bf16_on_cpu_autocasts_and_clips():
+    class Lin(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 1, bias=False)
+            with torch.no_grad():
+                self.fc.weight.copy_(torch.tensor([[3.0, 4.0]]))
+            self.seen_dtype = None
+
+        def forward(self, x):
+            y = self.fc(x)
+            self.seen_dtype = y.dtype
+            return {"loss": y.float().sum()}
+
+    model = Lin()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    trainer = AMPTrainer(model, _loader([[[3.0, 4.0]]]), opt)
+    assert trainer.precision == torch.bfloat16 and trainer.grad_scaler is None
+    trainer.register_hooks([hooks.GradientClipping("norm", clip_value=1.0)])
+    trainer.train(0, 1)
+    assert model.seen_dtype == torch.bfloat16
+    # grad = x = (3, 4), norm 5 -> clipped to (0.6, 0.8); w = (3, 4) - (0.6, 0.8)
+    assert torch.allclose(model.fc.weight.detach(), torch.tensor([[2.4, 3.2]]), atol=1e-6)
+    assert trainer.storage.latest()["grad_norm"][0] == pytest.approx(5.0)
+    assert "grad_scaler" not in trainer.state_dict()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_amp_trainer_fp16_on_cuda_unscales_before_hooks():
+    class Lin(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 1, bias=False)
+            with torch.no_grad():
+                self.fc.weight.copy_(torch.tensor([[3.0, 4.0]]))
+
+        def forward(self, x):
+            return {"loss": self.fc(x.to(self.fc.weight.device)).float().sum()}
+
+    seen = []
+    model = Lin().cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    # init_scale keeps the scaled fp16 gradients finite (65536 * 4 would overflow)
+    scaler = torch.amp.GradScaler("cuda", init_scale=1024.0)
+    trainer = AMPTrainer(model, _loader([[[3.0, 4.0]]]), opt, grad_scaler=scaler)
+    assert trainer.precision == torch.float16 and trainer.grad_scaler.is_enabled()
+    trainer.register_hooks(
+        [hooks.CallbackHook(after_backward=lambda t: seen.append(model.fc.weight.grad.detach().cpu().clone()))]
+    )
+    trainer.train(0, 1)
+    assert torch.allclose(seen[0], torch.tensor([[3.0, 4.0]]))  # true, unscaled gradient
+    assert torch.allclose(model.fc.weight.detach().cpu(), torch.tensor([[0.0, 0.0]]))
+    assert "grad_scaler" in trainer.state_dict()
