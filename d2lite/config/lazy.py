@@ -27,6 +27,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from d2lite.utils.registry import _convert_target_to_string, _same, locate
+
 try:  # omegaconf >= 2.4 keeps tuples as (immutable) TupleConfig
     from omegaconf import TupleConfig
 except ImportError:  # older omegaconf turns tuples into ListConfig
@@ -34,10 +36,7 @@ except ImportError:  # older omegaconf turns tuples into ListConfig
 
 _SEQ_CONFIGS = (ListConfig, TupleConfig)
 
-from d2lite.utils.registry import _convert_target_to_string, _same, locate
-
 __all__ = ["LazyCall", "LazyConfig"]
-
 
 
 class LazyCall:
@@ -379,6 +378,13 @@ class LazyConfig:
             keys: names to return (one str, or a tuple of names). If None, return a
                 DictConfig of all top-level values that are dicts/DictConfig/ListConfig
                 (LazyCall nodes included) and whose name does not start with ``_``.
+
+        Relative imports inside a config (``from ..common.train import train``) are
+        resolved against the importing file's directory and must name an existing
+        ``.py`` file or a directory (whose ``__init__.py`` runs if present; names in
+        the import list may be ``.py`` files in it). Each import runs the file afresh,
+        so two loads never share objects; imported dicts become DictConfig.
+        Absolute imports (``from d2lite.config import LazyCall as L``) are normal.
 
         Raises:
             FileNotFoundError: naming the path, if it does not exist.
