@@ -39,4 +39,4 @@ class GroupedBatchSampler(BatchSampler):
                 del group_buffer[:]
 
     def __len__(self) -> int:
-        raise NotImplementedError("len() of GroupedBatchSampler is not well-defined.")
+        raise TypeError("len() of GroupedBatchSampler is not well-defined (batches depend on the group order).")
