@@ -72,6 +72,8 @@ def locate(name: str) -> Any:
                 raise ImportError(f"Cannot locate {name!r}: importing {mod_name!r} failed: {e}") from e
             first_error = first_error or e
             continue
+        except ImportError as e:  # the module exists but its own imports fail
+            raise ImportError(f"Cannot locate {name!r}: importing {mod_name!r} failed: {e}") from e
         n_mod = i
         break
     if module is None:

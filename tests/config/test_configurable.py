@@ -33,6 +33,8 @@ def test_class_from_config():
     assert (h.num_classes, h.num_convs, h.prior_prob) == (80, 2, 0.02)
     h = Head(cfg=CFG)
     assert h.num_classes == 80
+    h = Head(CFG, 3)  # extra positional arguments go to from_config
+    assert h.num_convs == 3
 
 
 def test_class_explicit_kwargs_override_from_config():

@@ -149,3 +149,13 @@ def test_non_callable_target():
     cfg = DictConfig({"_target_": "math.pi"})
     with pytest.raises(TypeError, match="_target_.*callable"):
         instantiate(cfg)
+
+
+def test_locate_module_with_broken_import(tmp_path, monkeypatch):
+    (tmp_path / "d2lite_test_broken_mod.py").write_text("import d2lite_missing_dependency_xyz\nX = 1\n")
+    (tmp_path / "d2lite_test_broken_mod2.py").write_text("from os import no_such_name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError, match=r"'d2lite_test_broken_mod.X'.*d2lite_missing_dependency_xyz"):
+        locate("d2lite_test_broken_mod.X")
+    with pytest.raises(ImportError, match=r"'d2lite_test_broken_mod2.X'.*no_such_name"):
+        locate("d2lite_test_broken_mod2.X")
