@@ -4,7 +4,7 @@ import difflib
 import inspect
 import logging
 from collections import abc
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -69,16 +69,15 @@ def _check_kwargs(fn: Any, kwargs: dict, path: str, target_name: str) -> None:
         )
 
 
-def instantiate(cfg: Any, _path: Optional[str] = None) -> Any:
+def instantiate(cfg: Any) -> Any:
     """Recursively build objects described by lazy configs.
 
     A lazy config is a mapping with a ``_target_`` key (a callable, or its dotted
     import path such as ``"d2lite.modeling.RetinaNet"``); it is replaced by
     ``_target_(**other_keys)`` after its values were instantiated. Lists,
-    ``ListConfig`` (returned as a ``ListConfig`` like detectron2), tuples/``TupleConfig``
-    (returned as tuples) and plain dicts are
-    walked; any other value, including a ``DictConfig`` without ``_target_``, is
-    returned unchanged.
+    ``ListConfig`` (returned as a ``ListConfig`` like detectron2), tuples and
+    ``TupleConfig`` (returned as tuples) and plain dicts are walked; any other value,
+    including a ``DictConfig`` without ``_target_``, is returned unchanged.
 
     Args:
         cfg: a config object or plain data.
@@ -94,21 +93,25 @@ def instantiate(cfg: Any, _path: Optional[str] = None) -> Any:
         Any error raised by a target is re-raised as the same type (when possible)
         with the key path and target in its message, chained to the original.
     """
-    path = _full_key(cfg) if _path is None else _path
+    return _instantiate(cfg, _full_key(cfg))
+
+
+def _instantiate(cfg: Any, path: str) -> Any:
+    """instantiate() that knows the key path of ``cfg`` (for error messages)."""
     if isinstance(cfg, ListConfig):
-        items = [instantiate(cfg[i], _join(path, i)) for i in range(len(cfg))]
+        items = [_instantiate(cfg[i], _join(path, i)) for i in range(len(cfg))]
         return ListConfig(items, flags={"allow_objects": True})
     if isinstance(cfg, TupleConfig):
-        return tuple(instantiate(cfg[i], _join(path, i)) for i in range(len(cfg)))
+        return tuple(_instantiate(cfg[i], _join(path, i)) for i in range(len(cfg)))
     if isinstance(cfg, list):
-        return [instantiate(x, _join(path, i)) for i, x in enumerate(cfg)]
+        return [_instantiate(x, _join(path, i)) for i, x in enumerate(cfg)]
     if type(cfg) is tuple:  # namedtuples and other tuple subclasses are data, left alone
-        return tuple(instantiate(x, _join(path, i)) for i, x in enumerate(cfg))
+        return tuple(_instantiate(x, _join(path, i)) for i, x in enumerate(cfg))
     if isinstance(cfg, DictConfig) and dataclasses.is_dataclass(cfg._metadata.object_type):
         return OmegaConf.to_object(cfg)
     if isinstance(cfg, abc.Mapping) and "_target_" in cfg:
-        kwargs = {k: instantiate(cfg[k], _join(path, k)) for k in cfg.keys() if k != "_target_"}
-        target = instantiate(cfg["_target_"], _join(path, "_target_"))
+        kwargs = {k: _instantiate(cfg[k], _join(path, k)) for k in cfg.keys() if k != "_target_"}
+        target = _instantiate(cfg["_target_"], _join(path, "_target_"))
         if isinstance(target, str):
             try:
                 target_obj = locate(target)
@@ -136,5 +139,5 @@ def instantiate(cfg: Any, _path: Optional[str] = None) -> Any:
                 raise RuntimeError(msg) from e
             raise wrapped from e
     if isinstance(cfg, dict):
-        return {k: instantiate(v, _join(path, k)) for k, v in cfg.items()}
+        return {k: _instantiate(v, _join(path, k)) for k, v in cfg.items()}
     return cfg
