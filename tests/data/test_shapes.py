@@ -278,3 +278,30 @@ def test_register_all_shapes_uses_env(tmp_path, monkeypatch):
         unregister()
         monkeypatch.undo()
         shapes.register_all_shapes()  # as `import d2lite.data` registered them
+
+
+def _generate_after(event, root, n, queue):
+    try:
+        event.wait(10)
+        generate_shapes(root, "train", n, seed=0)
+        queue.put("ok")
+    except BaseException as e:  # reported to the parent, which fails the test
+        queue.put(repr(e))
+
+
+def test_two_processes_generate_at_once(tmp_path, train20):
+    """Two processes (e.g. two DDP ranks) start generating the same split together;
+    both succeed and the result equals a single process's output."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    event, queue = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_generate_after, args=(event, str(tmp_path), NUM, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    event.set()
+    for p in procs:
+        p.join(60)
+    assert sorted(queue.get(timeout=5) for _ in procs) == ["ok", "ok"]
+    assert sorted(os.listdir(tmp_path)) == ["train", "train.json"]
+    assert _digest(str(tmp_path), "train") == _digest(train20[0], "train")

@@ -448,3 +448,48 @@ def test_print_csv_format_and_helpers(eval_log):
     assert not verify_results(results, [("bbox", "AP", 13.0, 0.1)])
     assert not verify_results(results, [("bbox", "APs", 1.0, 0.1)])
     assert not verify_results({"bbox": {"AP": float("nan")}}, [("bbox", "AP", 1.0, 10.0)])
+
+
+def _ddp_worker(rank, world_size, port, name, json_file, image_root, queue):
+    import torch.distributed as dist
+
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+        if name not in DatasetCatalog.list():  # registered in the parent before fork
+            register_coco_instances(name, {}, json_file, image_root)
+        evaluator = COCOEvaluator(name, distributed=True)
+        evaluator.reset()
+        inputs, outputs = _inputs_outputs(_perfect_dets())
+        # each rank sees half of the images, like InferenceSampler
+        for i in range(rank, len(inputs), world_size):
+            evaluator.process(inputs[i : i + 1], outputs[i : i + 1])
+        queue.put((rank, evaluator.evaluate()))
+        dist.destroy_process_group()
+    except BaseException as e:
+        queue.put((rank, repr(e)))
+
+
+def test_distributed_gather_on_two_ranks(coco_dataset, tmp_path):
+    """Rank 0 evaluates the predictions of both ranks (AP 100 needs all images);
+    rank 1 returns {}."""
+    import multiprocessing as mp
+    import socket
+
+    name, json_file = coco_dataset
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [
+        ctx.Process(target=_ddp_worker, args=(r, 2, port, name, json_file, str(tmp_path), queue)) for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    got = dict(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert got[1] == {}, got
+    assert isinstance(got[0], dict), got
+    assert got[0]["bbox"]["AP"] == pytest.approx(100.0)
+    assert got[0]["bbox"]["AP-bird"] == pytest.approx(100.0)
