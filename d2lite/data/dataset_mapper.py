@@ -6,6 +6,8 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import torch
 
+from d2lite.config import configurable
+
 from . import detection_utils as utils
 from . import transforms as T
 
@@ -27,6 +29,7 @@ class DatasetMapper:
     Box detection only: instance masks and keypoints are not supported.
     """
 
+    @configurable
     def __init__(
         self,
         is_train: bool,
@@ -65,6 +68,37 @@ class DatasetMapper:
         self.recompute_boxes = recompute_boxes
         mode = "training" if is_train else "inference"
         logger.info(f"[DatasetMapper] Augmentations used in {mode}: {augmentations}")
+
+    @classmethod
+    def from_config(cls, cfg: Any, is_train: bool = True) -> Dict[str, Any]:
+        """Arguments from a detectron2-style (yacs-layout) config, e.g. an omegaconf
+        DictConfig with ``INPUT.{MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, MIN_SIZE_TRAIN_SAMPLING,
+        MIN_SIZE_TEST, MAX_SIZE_TEST, RANDOM_FLIP, FORMAT, CROP.{ENABLED,TYPE,SIZE}}``;
+        missing keys take detectron2's defaults. LazyConfig users pass arguments directly.
+        """
+        def get(path: str, default: Any) -> Any:
+            node = cfg
+            for key in path.split("."):
+                try:
+                    node = node[key] if isinstance(node, dict) or hasattr(node, "keys") else getattr(node, key)
+                except (KeyError, AttributeError):
+                    return default
+            return default if node is None else node
+
+        augs = utils.build_augmentation(
+            is_train,
+            min_size_train=tuple(get("INPUT.MIN_SIZE_TRAIN", (800,))),
+            max_size_train=get("INPUT.MAX_SIZE_TRAIN", 1333),
+            min_size_train_sampling=get("INPUT.MIN_SIZE_TRAIN_SAMPLING", "choice"),
+            min_size_test=get("INPUT.MIN_SIZE_TEST", 800),
+            max_size_test=get("INPUT.MAX_SIZE_TEST", 1333),
+            random_flip=get("INPUT.RANDOM_FLIP", "horizontal"),
+        )
+        if is_train and get("INPUT.CROP.ENABLED", False):
+            augs.insert(
+                0, T.RandomCrop(get("INPUT.CROP.TYPE", "relative_range"), tuple(get("INPUT.CROP.SIZE", (0.9, 0.9))))
+            )
+        return {"is_train": is_train, "augmentations": augs, "image_format": get("INPUT.FORMAT", "BGR")}
 
     def _transform_annotations(self, dataset_dict: Dict[str, Any], transforms, image_shape) -> None:
         annos = [

@@ -86,3 +86,17 @@ def test_size_mismatch_names_file(coco_fixture):
 def test_unsupported_options():
     with pytest.raises(ValueError, match="box detection only"):
         DatasetMapper(True, augmentations=[], image_format="BGR", use_instance_mask=True)
+
+
+def test_from_config(coco_fixture):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"INPUT": {"MIN_SIZE_TEST": 24, "MAX_SIZE_TEST": 30, "FORMAT": "RGB"}})
+    mapper = DatasetMapper(cfg, False)
+    assert mapper.image_format == "RGB" and not mapper.is_train
+    out = mapper(_dicts(coco_fixture)[7])  # 64x48 -> short edge 24 gives 24x32, capped at 30 -> 22.5x30
+    assert tuple(out["image"].shape) == (3, 23, 30)
+    train = DatasetMapper(OmegaConf.create({"INPUT": {"CROP": {"ENABLED": True}}}), is_train=True)
+    augs = train.augmentations.augs
+    assert isinstance(augs[0], T.RandomCrop) and isinstance(augs[1], T.ResizeShortestEdge)
+    assert augs[1].short_edge_length == (800,) and augs[1].max_size == 1333
