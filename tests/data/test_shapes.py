@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -220,6 +221,28 @@ def test_other_process_finished_first(tmp_path, train20):
     generate_shapes(root, "train", NUM, seed=0)
     assert sorted(os.listdir(root)) == ["train", "train.json"]
     assert _digest(root, "train") == _digest(src_root, "train")
+
+
+def test_stale_tmp_dirs_of_killed_runs_are_removed(tmp_path):
+    stale, fresh = tmp_path / ".train.tmp-999999", tmp_path / ".train.tmp-999998"
+    for d in (stale, fresh):
+        d.mkdir()
+        (d / "000000.jpg").write_bytes(b"partial")
+    old = os.path.getmtime(stale) - 2 * shapes.STALE_TMP_AGE_S
+    os.utime(stale, (old, old))
+    generate_shapes(str(tmp_path), "train", 3, seed=0)
+    assert sorted(os.listdir(tmp_path)) == [".train.tmp-999998", "train", "train.json"]
+
+
+def test_broken_existing_split_is_an_error(tmp_path):
+    json_file, image_root = generate_shapes(str(tmp_path), "val", 2, seed=1)
+    shutil.rmtree(image_root)
+    with pytest.raises(FileNotFoundError, match="image folder"):
+        generate_shapes(str(tmp_path), "val", 2, seed=1)
+    with open(json_file, "w") as f:
+        f.write('{"images": [')
+    with pytest.raises(ValueError, match="not valid json"):
+        generate_shapes(str(tmp_path), "val", 2, seed=1)
 
 
 def test_leftover_incomplete_folder_is_an_error(tmp_path):

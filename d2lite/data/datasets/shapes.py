@@ -78,6 +78,7 @@ PLACEMENT_TRIES = 10
 MIN_COLOR_DISTANCE = 100.0  # Euclidean RGB distance to the mean colour under the object
 COLOR_TRIES = 20
 JPEG_QUALITY = 95
+STALE_TMP_AGE_S = 3600.0  # temporary folders untouched this long belong to killed processes
 _SEED_SALT = 0x5EA9E5  # keeps shapes' generators apart from other (seed, index) users
 
 _CATEGORIES = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASS_NAMES)]
@@ -311,7 +312,12 @@ def _paths(root: str, split: str) -> tuple[str, str]:
 def _check_existing(json_file: str, image_root: str, num_images: int, seed: int) -> None:
     """Raise if the finished split at ``json_file`` was made with other parameters."""
     with open(json_file) as f:
-        info = json.load(f).get("info", {})
+        try:
+            info = json.load(f).get("info", {})
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{json_file} is not valid json ({e}); delete it and {image_root} to regenerate the split."
+            ) from e
     made = (info.get("num_images"), info.get("seed"), info.get("generator_version"))
     if made != (num_images, seed, GENERATOR_VERSION):
         raise ValueError(
@@ -414,7 +420,20 @@ def generate_shapes(root: str, split: str, num_images: int, seed: int) -> tuple[
         f"Generated shapes split {split!r}: {num_images} images, {len(annotations)} objects "
         f"in {time.perf_counter() - start:.1f} s -> {json_file}"
     )
+    _remove_stale_tmp_dirs(root, split)
     return json_file, image_root
+
+
+def _remove_stale_tmp_dirs(root: str, split: str, max_age_s: float = STALE_TMP_AGE_S) -> None:
+    """Delete temporary folders of killed generations (untouched for ``max_age_s``;
+    a live generation writes into its folder every few milliseconds)."""
+    prefix = f".{split}.tmp-"
+    now = time.time()
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if name.startswith(prefix) and os.path.isdir(path) and now - os.path.getmtime(path) > max_age_s:
+            logger.info(f"Removing {path}, left by an interrupted shapes generation.")
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _load_shapes(root: str, split: str, num_images: int, seed: int, dataset_name: str) -> list[dict[str, Any]]:
