@@ -11,7 +11,9 @@ from d2lite.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
 
 from .backbone import Backbone
 
-__all__ = ["CNNBlockBase", "BasicStem", "BasicBlock", "BottleneckBlock", "ResNet"]
+__all__ = ["CNNBlockBase", "ResNetBlockBase", "BasicStem", "BasicBlock", "BottleneckBlock", "ResNet", "make_stage"]
+
+ResNetBlockBase = CNNBlockBase  # detectron2's older name
 
 
 class BasicBlock(CNNBlockBase):
@@ -354,3 +356,8 @@ class ResNet(Backbone):
                 )
             )
         return ret
+
+
+def make_stage(*args, **kwargs) -> List[CNNBlockBase]:
+    """Alias of :meth:`ResNet.make_stage`, kept for detectron2 compatibility."""
+    return ResNet.make_stage(*args, **kwargs)
