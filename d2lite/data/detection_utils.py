@@ -134,6 +134,7 @@ def transform_instance_annotations(
         transforms = T.TransformList(transforms)
     bbox = BoxMode.convert(annotation["bbox"], annotation["bbox_mode"], BoxMode.XYXY_ABS)
     bbox = transforms.apply_box(np.array([bbox], dtype=np.float64))[0].clip(min=0)
+    image_size = tuple(image_size)
     annotation["bbox"] = np.minimum(bbox, list(image_size + image_size)[::-1])
     annotation["bbox_mode"] = BoxMode.XYXY_ABS
     return annotation
