@@ -55,6 +55,13 @@ def convert_PIL_to_numpy(image: Image.Image, format: str = None) -> np.ndarray:
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     """Rotate/flip the image according to its EXIF orientation tag (if any)."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)  # 0x0112 = EXIF Orientation
+    except Exception as e:  # malformed EXIF block: keep the pixels as stored, but say so
+        logger.warning("Ignoring unreadable EXIF data of %s: %s", getattr(image, "filename", image), e)
+        return image
+    if orientation in (None, 1):
+        return image
     transposed = ImageOps.exif_transpose(image)
     return transposed if transposed is not None else image
 
