@@ -38,8 +38,8 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     @property
     def padding_constraints(self) -> Dict[str, int]:
         """
-        Extra padding rules for the batcher: ``{"size_divisiblity": int, "square_size": int}``
-        (detectron2 spelling). Empty means none besides :attr:`size_divisibility`.
+        Extra padding rules for :meth:`ImageList.from_tensors`: ``{"size_divisibility": int,
+        "square_size": int}``. Empty means none besides :attr:`size_divisibility`.
         """
         return {}
 
