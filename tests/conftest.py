@@ -1,41 +1,13 @@
 """Fixtures shared by the tests of several packages."""
-import json
 import os
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # makes tests/helpers.py importable
 
-
-def write_coco_fixture(root: Path, split: str = "train2017", num_images: int = 4, seed: int = 0) -> Path:
-    """Write a tiny COCO-format dataset under ``root``: ``annotations/instances_<split>.json``
-    and ``<split>/*.jpg``, with non-contiguous category ids (1, 5, 90). Returns the json path."""
-    rng = np.random.default_rng(seed)
-    image_dir = root / split
-    image_dir.mkdir(parents=True, exist_ok=True)
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
-    categories = [{"id": 1, "name": "person"}, {"id": 5, "name": "airplane"}, {"id": 90, "name": "toothbrush"}]
-    images, annotations = [], []
-    for i in range(num_images):
-        h, w = int(rng.integers(80, 120)), int(rng.integers(100, 160))
-        pixels = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
-        for j in range(2):
-            x0, y0 = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
-            bw, bh = int(rng.integers(15, 40)), int(rng.integers(15, 40))
-            pixels[y0 : y0 + bh, x0 : x0 + bw] = 200 + 20 * j
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": i + 1, "category_id": categories[(i + j) % 3]["id"],
-                "bbox": [x0, y0, bw, bh], "area": bw * bh, "iscrowd": 0,
-            })
-        name = f"{i:06d}.jpg"
-        Image.fromarray(pixels).save(image_dir / name, quality=95)
-        images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
-    json_file = root / "annotations" / f"instances_{split}.json"
-    json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
-    return json_file
+from helpers import REPO_ROOT  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from d2lite.data.datasets.shapes import CLASS_NAMES, generate_shapes
 from d2lite.config import LazyCall as L
 from d2lite.utils.events import EventStorage
 
-from conftest import REPO_ROOT, write_coco_fixture
+from helpers import REPO_ROOT, write_coco_fixture
 
 CONFIG_ROOT = REPO_ROOT / "configs"
 LEAF_CONFIGS = sorted(

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from conftest import QUICK_CONFIG, SHORT, run_tool
+from helpers import QUICK_CONFIG, SHORT, run_tool
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import QUICK_CONFIG, REPO_ROOT
+from helpers import QUICK_CONFIG, REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 
