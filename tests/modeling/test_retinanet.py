@@ -389,3 +389,24 @@ def test_bad_input():
         build_tiny_retinanet(input_format="YUV")
     with pytest.raises(ValueError, match="head_in_features"):
         build_tiny_retinanet(head_in_features=["p2"])
+
+
+def test_bad_gt_classes():
+    model = build_tiny_retinanet(num_classes=3)
+    batch = [_image(64, 64, [[5.0, 5.0, 40.0, 40.0]], [3], seed=7)]
+    with EventStorage(0), pytest.raises(ValueError, match="image 0 has gt_classes"):
+        model(batch)
+
+
+def test_non_finite_input():
+    model = build_tiny_retinanet()
+    batch = _batch()
+    batch[0]["image"][0, 3, 3] = float("nan")
+    with EventStorage(0):
+        loss_dict = model(batch)
+    # NaN propagates to the loss (the trainer's finiteness check reports it); it is not masked
+    assert not torch.isfinite(loss_dict["loss_cls"])
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": batch[0]["image"]}])[0]["instances"]
+    assert torch.isfinite(out.pred_boxes.tensor).all() and torch.isfinite(out.scores).all()

@@ -218,7 +218,14 @@ class RetinaNet(DenseDetector):
 
         gt_labels = []
         matched_gt_boxes = []
-        for gt_per_image in gt_instances:
+        for img_idx, gt_per_image in enumerate(gt_instances):
+            gt_classes = gt_per_image.gt_classes
+            if len(gt_classes) > 0 and (int(gt_classes.min()) < 0 or int(gt_classes.max()) >= self.num_classes):
+                raise ValueError(
+                    f"RetinaNet: image {img_idx} has gt_classes in [{int(gt_classes.min())}, "
+                    f"{int(gt_classes.max())}] but num_classes={self.num_classes}; classes must be "
+                    "contiguous ids in [0, num_classes)"
+                )
             gt_per_image = gt_per_image[gt_per_image.gt_boxes.nonempty()]
             match_quality_matrix = pairwise_iou(gt_per_image.gt_boxes, anchors)
             matched_idxs, anchor_labels = self.anchor_matcher(match_quality_matrix)
