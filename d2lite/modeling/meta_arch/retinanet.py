@@ -15,7 +15,7 @@ from ..anchor_generator import DefaultAnchorGenerator
 from ..backbone import Backbone
 from ..box_regression import Box2BoxTransform, _dense_box_regression_loss
 from ..matcher import Matcher
-from .dense_detector import DenseDetector
+from .dense_detector import DenseDetector, permute_to_N_HWA_K  # noqa: F401 (detectron2 also exposes it here)
 
 __all__ = ["RetinaNet", "RetinaNetHead"]
 
@@ -115,6 +115,7 @@ class RetinaNet(DenseDetector):
         # is not too small works as the initial value.
         self.loss_normalizer = 100
         self.loss_normalizer_momentum = 0.9
+        self._current_inputs = None  # raw inputs of the running forward, for visualize_training
 
     def forward_training(
         self,
