@@ -62,6 +62,9 @@ class RTMDet(DenseDetector):
         loss_bbox: defaults to GIoULoss(loss_weight=2.0).
         pad_value: value of batch padding in raw pixel units, applied before
             normalisation (mmdetection pads with 114). Defaults to 114.0.
+        fixed_input_size: if given as (h, w), every batch is padded to exactly this
+            size (mmdetection's ``Pad(size=(640, 640))``); larger images are an error.
+            Defaults to None (pad to the backbone's size_divisibility).
         test_score_thresh: Defaults to 0.001.
         test_topk_candidates: per level, before NMS (mmdetection's nms_pre). Defaults to 30000.
         test_nms_thresh: Defaults to 0.65.
@@ -82,6 +85,7 @@ class RTMDet(DenseDetector):
         loss_cls: Optional[QualityFocalLoss] = None,
         loss_bbox: Optional[GIoULoss] = None,
         pad_value: float = 114.0,
+        fixed_input_size: Optional[Tuple[int, int]] = None,
         test_score_thresh: float = 0.001,
         test_topk_candidates: int = 30000,
         test_nms_thresh: float = 0.65,
@@ -107,6 +111,7 @@ class RTMDet(DenseDetector):
         self.loss_cls = loss_cls if loss_cls is not None else QualityFocalLoss(beta=2.0, loss_weight=1.0)
         self.loss_bbox = loss_bbox if loss_bbox is not None else GIoULoss(loss_weight=2.0)
         self.pad_value = pad_value
+        self.fixed_input_size = tuple(fixed_input_size) if fixed_input_size is not None else None
         self.test_score_thresh = test_score_thresh
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
@@ -114,7 +119,8 @@ class RTMDet(DenseDetector):
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Pad raw images with ``pad_value`` to a common size divisible by the backbone's
-        ``size_divisibility``, then normalise (so padding equals mmdetection's 114 pixels)."""
+        ``size_divisibility`` (or to ``fixed_input_size``), then normalise (so padding
+        equals mmdetection's 114 pixels)."""
         images = []
         for i, x in enumerate(batched_inputs):
             if "image" not in x:
@@ -132,7 +138,17 @@ class RTMDet(DenseDetector):
             pad_value=self.pad_value,
             padding_constraints=self.backbone.padding_constraints,
         )
-        return ImageList((raw.tensor - self.pixel_mean) / self.pixel_std, raw.image_sizes)
+        tensor = raw.tensor
+        if self.fixed_input_size is not None:
+            fh, fw = self.fixed_input_size
+            h, w = tensor.shape[-2:]
+            if h > fh or w > fw:
+                raise ValueError(
+                    f"RTMDet: a batch of size {h}x{w} does not fit fixed_input_size {fh}x{fw}; "
+                    "resize the images in the data mapper (e.g. ResizeShortestEdge(640, max_size=640))."
+                )
+            tensor = torch.nn.functional.pad(tensor, (0, fw - w, 0, fh - h), value=self.pad_value)
+        return ImageList((tensor - self.pixel_mean) / self.pixel_std, raw.image_sizes)
 
     def _priors(self, cls_scores: List[Tensor]) -> Tuple[List[Tuple[int, int]], Tensor]:
         sizes = [tuple(x.shape[-2:]) for x in cls_scores]

@@ -218,6 +218,12 @@ def test_preprocess_pads_with_114_before_normalising():
     mean, std = torch.tensor(BGR_MEAN), torch.tensor(BGR_STD)
     assert torch.allclose(images.tensor[0, :, 0, 0], -mean / std)
     assert torch.allclose(images.tensor[0, :, 63, 63], (114 - mean) / std)
+    model.fixed_input_size = (96, 128)
+    images = model.preprocess_image([{"image": torch.zeros(3, 40, 50, dtype=torch.uint8)}])
+    assert tuple(images.tensor.shape) == (1, 3, 96, 128) and images.image_sizes == [(40, 50)]
+    assert torch.allclose(images.tensor[0, :, 95, 127], (114 - mean) / std)
+    with pytest.raises(ValueError, match="fixed_input_size"):
+        model.preprocess_image([{"image": torch.zeros(3, 100, 50, dtype=torch.uint8)}])
 
 
 def test_bad_inputs():
