@@ -106,6 +106,21 @@ class TrainerBase:
         for h in hooks:
             if not isinstance(h, HookBase):
                 raise TypeError(f"register_hooks: {h!r} is not a HookBase instance.")
+        # Hook states are saved under the hook's class name: two stateful hooks of one
+        # class would overwrite each other's state in checkpoints.
+        stateful = [
+            type(h).__qualname__
+            for h in self._hooks + hooks
+            if type(h).state_dict is not HookBase.state_dict
+        ]
+        duplicates = sorted({n for n in stateful if stateful.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"register_hooks: more than one stateful hook of type {duplicates}; their "
+                "states would overwrite each other in trainer.state_dict(). Register one, or "
+                "subclass to give each a distinct class name."
+            )
+        for h in hooks:
             # A weak proxy avoids a reference cycle (trainer -> hooks -> trainer) that would
             # keep the model alive until the garbage collector runs.
             h.trainer = weakref.proxy(self)
@@ -177,13 +192,7 @@ class TrainerBase:
         for h in self._hooks:
             sd = h.state_dict()
             if sd:
-                name = type(h).__qualname__
-                if name in hooks_state:
-                    raise ValueError(
-                        f"Two registered hooks of type {name} have state; their states would "
-                        "overwrite each other in trainer.state_dict()."
-                    )
-                hooks_state[name] = sd
+                hooks_state[type(h).__qualname__] = sd
         if hooks_state:
             ret["hooks"] = hooks_state
         return ret
@@ -319,8 +328,9 @@ class SimpleTrainer(TrainerBase):
             prefix: prefix for the logging keys.
 
         Raises:
-            FloatingPointError: (on rank 0) if the total loss is NaN or infinite; the
-                message names the iteration and the loss dict.
+            FloatingPointError: if the total loss is NaN or infinite (rank 0 checks the
+                average over ranks, other ranks their own losses); the message names the
+                iteration and the loss dict.
         """
         metrics_dict = {k: v.detach().cpu().item() for k, v in loss_dict.items()}
         metrics_dict["data_time"] = data_time
@@ -334,7 +344,15 @@ class SimpleTrainer(TrainerBase):
         # supported method in d2lite.
         all_metrics_dict = comm.gather(metrics_dict)
 
-        if comm.is_main_process():
+        if not comm.is_main_process():
+            # Stop this worker too (rank 0 checks the gathered losses below).
+            local_total = sum(v for k, v in metrics_dict.items() if k != "data_time")
+            if not np.isfinite(local_total):
+                raise FloatingPointError(
+                    f"Loss became infinite or NaN at iteration={cur_iter}!\n"
+                    f"loss_dict = {metrics_dict} (rank {comm.get_rank()})"
+                )
+        else:
             # data_time among workers can have high variance. The actual latency
             # caused by data_time is the maximum among workers.
             data_time = float(np.max([x.pop("data_time") for x in all_metrics_dict]))

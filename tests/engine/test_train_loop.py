@@ -259,3 +259,28 @@ def test_amp_trainer_fp16_on_cuda_unscales_before_hooks():
     assert torch.allclose(seen[0], torch.tensor([[3.0, 4.0]]))  # true, unscaled gradient
     assert torch.allclose(model.fc.weight.detach().cpu(), torch.tensor([[0.0, 0.0]]))
     assert "grad_scaler" in trainer.state_dict()
+
+
+def test_nan_loss_raises_on_non_main_rank(monkeypatch):
+    from d2lite.utils import comm
+
+    monkeypatch.setattr(comm, "is_main_process", lambda: False)
+    monkeypatch.setattr(comm, "get_rank", lambda: 1)
+    monkeypatch.setattr(comm, "gather", lambda data, dst=0: [])
+    model = _Model()
+    trainer = SimpleTrainer(model, _loader([[1.0, 1.0], [float("nan"), 1.0]]), torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(FloatingPointError, match=r"iteration=1!\nloss_dict = .*\(rank 1\)"):
+        trainer.train(0, 2)
+    # a finite loss on a non-main rank puts no averaged metrics
+    assert "total_loss" not in trainer.storage.histories()
+
+
+def test_two_stateful_hooks_of_one_type_rejected_at_registration():
+    model = _Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = SimpleTrainer(model, [], opt)
+    trainer.register_hooks([hooks.LRScheduler(scheduler=torch.optim.lr_scheduler.StepLR(opt, 1))])
+    with pytest.raises(ValueError, match=r"more than one stateful hook of type \['LRScheduler'\]"):
+        trainer.register_hooks([hooks.LRScheduler(scheduler=torch.optim.lr_scheduler.StepLR(opt, 1))])
+    # stateless hooks may repeat
+    trainer.register_hooks([hooks.IterationTimer(), hooks.IterationTimer()])
