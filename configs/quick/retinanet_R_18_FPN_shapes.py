@@ -11,7 +11,7 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 from d2lite.config import LazyCall as L
 from d2lite.data import transforms as T
 from d2lite.layers import ShapeSpec
-from d2lite.modeling.backbone import ResNet
+from d2lite.modeling.backbone import BasicBlock, BasicStem, ResNet
 from d2lite.solver import WarmupParamScheduler
 
 from ..common.data.coco import dataloader
@@ -19,7 +19,7 @@ from ..common.models.retinanet import model
 from ..common.optim import AdamW as optimizer
 from ..common.train import train
 
-MAX_ITER = 1200
+MAX_ITER = 1500
 
 dataloader.train.dataset.names = "shapes_train"
 dataloader.test.dataset.names = "shapes_val"
@@ -32,14 +32,27 @@ dataloader.train.total_batch_size = 8
 dataloader.train.num_workers = 1
 dataloader.test.num_workers = 1
 
-model.backbone.bottom_up.stem.norm = "BN"
-model.backbone.bottom_up.stages = L(ResNet.make_default_stages)(depth=18, norm="BN")
+# ResNet-18 layout (2 BasicBlocks per stage) at half width: 32-64-128-256 channels.
+WIDTH = 32
+FPN_CHANNELS = 64
+model.backbone.bottom_up.stem = L(BasicStem)(in_channels=3, out_channels=WIDTH, norm="BN")
+model.backbone.bottom_up.stages = [
+    L(ResNet.make_stage)(
+        block_class=BasicBlock,
+        num_blocks=2,
+        stride_per_block=[1 if i == 0 else 2, 1],
+        in_channels=WIDTH * 2 ** max(i - 1, 0),
+        out_channels=WIDTH * 2**i,
+        norm="BN",
+    )
+    for i in range(4)
+]
 model.backbone.bottom_up.freeze_at = 0
-model.backbone.out_channels = 128
+model.backbone.out_channels = FPN_CHANNELS
 model.backbone.top_block = None
 model.head_in_features = ["p3", "p4", "p5"]
-model.head.input_shape = [ShapeSpec(channels=128)] * 3
-model.head.conv_dims = [128] * 4
+model.head.input_shape = [ShapeSpec(channels=FPN_CHANNELS)] * 3
+model.head.conv_dims = [FPN_CHANNELS] * 4
 model.anchor_generator.sizes = [[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [16, 32, 64]]
 model.anchor_generator.strides = [8, 16, 32]
 model.num_classes = 3

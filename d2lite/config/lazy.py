@@ -197,11 +197,20 @@ def _yaml_safe(obj: Any, path: str, bad: List[str]) -> Any:
     if isinstance(obj, (list, tuple)):
         items = [_yaml_safe(v, f"{path}.{i}" if path else str(i), bad) for i, v in enumerate(obj)]
         return tuple(items) if type(obj) is tuple else items
+    if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isbuiltin(obj):
+        name = _target_string(obj)  # e.g. block_class=BasicBlock: saved by import path
+        if name is not None:
+            return _ImportPath(name)
     bad.append(path)
     return f"{_UNSERIALIZABLE} {type(obj).__name__}: {_short_repr(obj)}"
 
 
 _TUPLE_TAG = "tag:yaml.org,2002:python/tuple"  # the tag PyYAML's full loader also reads
+_NAME_TAG = "tag:yaml.org,2002:python/name:"  # PyYAML's tag for an importable object
+
+
+class _ImportPath(str):
+    """An importable class or function, saved as ``!!python/name:module.qualname``."""
 
 
 class _Dumper(yaml.SafeDumper):
@@ -214,6 +223,9 @@ class _Loader(yaml.SafeLoader):
 
 _Dumper.add_representer(tuple, lambda dumper, data: dumper.represent_sequence(_TUPLE_TAG, data, flow_style=True))
 _Loader.add_constructor(_TUPLE_TAG, lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
+_Dumper.add_representer(_ImportPath, lambda dumper, data: dumper.represent_scalar(_NAME_TAG + str(data), ""))
+# Only imports the named object (as a `_target_` string would), never calls anything.
+_Loader.add_multi_constructor(_NAME_TAG, lambda loader, suffix, node: locate(suffix))
 
 
 def _short_repr(obj: Any) -> str:
@@ -302,6 +314,21 @@ def _check_override_type(key: str, old: Any, new: Any) -> None:
         )
 
 
+def _target_accepts(node: Any, name: str) -> bool:
+    """Whether ``node`` is a LazyCall whose target takes a keyword argument ``name``
+    (explicitly: a target with only ``**kwargs`` accepts nothing here, so typos still fail)."""
+    if not isinstance(node, DictConfig) or "_target_" not in node.keys():
+        return False
+    target = node._get_node("_target_")._value()
+    try:
+        target = locate(target) if isinstance(target, str) else target
+        params = inspect.signature(target).parameters
+    except (ImportError, TypeError, ValueError):
+        return False
+    param = params.get(name)
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
+
 def _override(cfg: Any, key: str, value: Any, text: Optional[str]) -> None:
     """Set existing ``key`` of ``cfg`` to ``value`` after checking its type (see apply_overrides)."""
     parts = key.split(".")
@@ -318,6 +345,11 @@ def _override(cfg: Any, key: str, value: Any, text: Optional[str]) -> None:
                 f"Cannot override '{key}': '{'.'.join(parts[:i])}' is a "
                 f"{_type_name(value_here)} ({value_here!r}), not a dict or list."
             )
+        if not exists and i == len(parts) - 1 and _target_accepts(node, part):
+            # A keyword argument of the LazyCall target left at its default, e.g.
+            # model.test_score_thresh=0.1: add it (type-checked by the target at instantiate).
+            node[part] = value
+            return
         if not exists:
             siblings = _all_keys(node, ".".join(parts[:i]) + "." if i else "")
             siblings = [s for s in siblings if s.count(".") == i and not s.endswith("_target_")]
@@ -434,7 +466,9 @@ class LazyConfig:
     def save(cfg: Any, filename: str) -> None:
         """Write ``cfg`` as YAML that :meth:`load` reads back to an equal config.
 
-        ``_target_`` callables are written as their import path. Values YAML cannot
+        ``_target_`` callables are written as their import path, other importable
+        classes and functions (``block_class=BasicBlock``) as ``!!python/name:``
+        import paths that load back as the objects. Values YAML cannot
         hold (lambdas, local functions, arbitrary objects, ``_target_`` that cannot be
         imported back) are reported by key path in one warning and written as the
         string ``"<unserializable> TYPE: NAME"`` so the file still shows them; such a
@@ -476,9 +510,13 @@ class LazyConfig:
         dict/LazyCall key is merged key by key (each key must exist). A ``_target_``
         string must be importable.
 
+        A key missing from a LazyCall node may still be set when it is a keyword
+        argument of the node's target (``model.test_score_thresh=0.1`` on a RetinaNet
+        config that leaves it at its default).
+
         Raises:
-            KeyError: the key (or a parent) does not exist; names the key and the
-                closest existing keys.
+            KeyError: the key (or a parent) does not exist, and is no keyword argument
+                of a LazyCall target; names the key and the closest existing keys.
             TypeError: the value's type does not fit the existing value (an int may
                 replace a float, None may replace anything and anything may replace
                 None; a str key keeps the override text as a str).

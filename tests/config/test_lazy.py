@@ -458,3 +458,37 @@ def test_yaml_loader_is_safe(tmp_path):
     p.write_text("x: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(yaml.constructor.ConstructorError):
         LazyConfig.load(str(p))
+
+
+def test_save_keeps_importable_class_values(tmp_path):
+    """Classes passed as values (not `_target_`), e.g. ResNet.make_stage(block_class=BasicBlock),
+    are saved as `!!python/name:` import paths and load back as the same objects."""
+    import warnings
+
+    from d2lite.config import LazyCall as L
+    from d2lite.modeling.backbone import BasicBlock, ResNet
+
+    cfg = OmegaConf.create({"stage": L(ResNet.make_stage)(block_class=BasicBlock, num_blocks=1,
+                                                          in_channels=4, out_channels=4, stride_per_block=[1])},
+                           flags={"allow_objects": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        LazyConfig.save(cfg, str(tmp_path / "c.yaml"))
+    assert "!!python/name:" in (tmp_path / "c.yaml").read_text()
+    back = LazyConfig.load(str(tmp_path / "c.yaml"))
+    assert back.stage.block_class is BasicBlock
+    blocks = instantiate(back.stage)
+    assert isinstance(blocks[0], BasicBlock)
+
+
+def test_override_adds_keyword_argument_of_lazy_target():
+    cfg = OmegaConf.create({"model": L(_Point)(x=1)}, flags={"allow_objects": True})
+    LazyConfig.apply_overrides(cfg, ["model.y=5"])  # `y` is an argument of _Point left at its default
+    assert instantiate(cfg.model).y == 5
+    with pytest.raises(KeyError, match="model.z"):
+        LazyConfig.apply_overrides(cfg, ["model.z=5"])  # not an argument: still an error
+
+
+class _Point:
+    def __init__(self, x: int, y: int = 0):
+        self.x, self.y = x, y
