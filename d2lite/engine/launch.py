@@ -101,14 +101,15 @@ def launch(
         timeout: timeout of the distributed workers.
     """
     env = torchrun_env()
-    if env is not None and not (dist.is_available() and dist.is_initialized()):
+    if env is not None:
         expected = num_machines * num_gpus_per_machine
         if expected != env["world_size"]:
             logger.warning(
                 f"Started by torchrun with WORLD_SIZE={env['world_size']}; ignoring "
                 f"num_gpus_per_machine={num_gpus_per_machine} x num_machines={num_machines}."
             )
-        if env["world_size"] > 1:
+        owns_group = env["world_size"] > 1 and not (dist.is_available() and dist.is_initialized())
+        if owns_group:
             _init_worker(
                 init_method="env://",
                 world_size=env["world_size"],
@@ -117,12 +118,15 @@ def launch(
                 num_processes_per_machine=env["local_world_size"],
                 timeout=timeout,
             )
-        main_func(*args)
+        try:
+            main_func(*args)
+        finally:
+            if owns_group:
+                dist.destroy_process_group()
         return
 
     world_size = num_machines * num_gpus_per_machine
     if world_size > 1:
-
         if dist_url is None:
             raise ValueError("launch: dist_url is required for multi-process training (or 'auto').")
         if dist_url == "auto":
