@@ -22,6 +22,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
 from fvcore.common.history_buffer import HistoryBuffer
 
@@ -317,9 +318,11 @@ class EventStorage:
 
         Args:
             img_name: the tag of the image.
-            img_tensor: (C, H, W) float tensor with values in [0, 1] (or uint8 in
-                [0, 255]), RGB channel order, C in {1, 3}.
+            img_tensor: (C, H, W) float tensor (or numpy array) with values in [0, 1]
+                (or uint8 in [0, 255]), RGB channel order, C in {1, 3}.
         """
+        if isinstance(img_tensor, np.ndarray):
+            img_tensor = torch.from_numpy(img_tensor)
         if not isinstance(img_tensor, torch.Tensor) or img_tensor.dim() != 3:
             raise ValueError(
                 f"put_image('{img_name}', ...) expects a (C, H, W) tensor, got "

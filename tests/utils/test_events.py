@@ -93,6 +93,8 @@ def test_put_image_validates_and_clears():
     with EventStorage() as s:
         s.put_image("img", torch.rand(3, 4, 5))
         assert len(s.vis_data) == 1 and s.vis_data[0][0] == "img" and s.vis_data[0][2] == 0
+        s.put_image("np_img", np.zeros((3, 2, 2), dtype=np.uint8))  # numpy CHW accepted, as in detectron2
+        assert s.vis_data[1][1].dtype == torch.uint8 and s.vis_data[1][1].shape == (3, 2, 2)
         s.clear_images()
         assert s.vis_data == []
         with pytest.raises(ValueError, match="expects a \\(C, H, W\\) tensor"):
