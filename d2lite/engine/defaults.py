@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import logging
 import os
 import subprocess
 import sys

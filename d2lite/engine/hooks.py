@@ -25,7 +25,7 @@ import operator
 import os
 import time
 from collections import Counter
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 from fvcore.common.checkpoint import Checkpointer

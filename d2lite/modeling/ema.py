@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import logging
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, Optional
 
@@ -24,7 +23,6 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 __all__ = ["ModelEMA"]
 
-logger = logging.getLogger(__name__)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -138,7 +136,7 @@ class ModelEMA(nn.Module):
                     p_avg.data.copy_(src)
         if not self.update_buffers:
             # keep the buffers (e.g. BN statistics) in sync with the source model
-            for (name, b_avg), (_, b_src) in zip(self.module.named_buffers(), model.named_buffers()):
+            for b_avg, b_src in zip(self.module.buffers(), model.buffers()):
                 b_avg.data.copy_(b_src.data.to(b_avg.device))
         self.steps += 1
 
