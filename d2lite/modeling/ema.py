@@ -24,7 +24,6 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 __all__ = ["ModelEMA"]
 
 
-
 def _unwrap(model: nn.Module) -> nn.Module:
     if isinstance(model, (DistributedDataParallel, DataParallel)):
         return model.module
