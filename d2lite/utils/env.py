@@ -1,4 +1,5 @@
-"""Environment helpers: seeding all random number generators."""
+"""Environment helpers: seeding all random number generators; ``collect_env_info``
+(defined in :mod:`d2lite.utils.collect_env`) is re-exported here."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +11,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["seed_all_rng", "TORCH_VERSION"]
+from .collect_env import collect_env_info
+
+__all__ = ["seed_all_rng", "collect_env_info", "TORCH_VERSION"]
 
 TORCH_VERSION = tuple(int(x) for x in torch.__version__.split(".")[:2])
 """(major, minor) of the installed torch, for version checks."""
