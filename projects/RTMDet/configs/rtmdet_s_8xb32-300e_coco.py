@@ -7,7 +7,7 @@ projects/RTMDet/configs/rtmdet_s_8xb32-300e_coco.py --num-gpus 8``.
 """
 from d2lite.layers import ShapeSpec
 
-from .common.coco_300e import dataloader, lr_multiplier, optimizer, train
+from .common.coco_300e import dataloader, lr_multiplier, optimizer, train  # noqa: F401
 from .common.rtmdet_model import model
 
 model.backbone.bottom_up.deepen_factor = 0.33

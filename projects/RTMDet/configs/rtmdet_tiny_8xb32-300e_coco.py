@@ -5,7 +5,7 @@ CSPNeXt-tiny; see the project README). 4.87M parameters.
 """
 from d2lite.layers import ShapeSpec
 
-from .common.coco_300e import dataloader, lr_multiplier, optimizer, train
+from .common.coco_300e import dataloader, lr_multiplier, optimizer, train  # noqa: F401
 from .common.rtmdet_model import model
 
 model.backbone.bottom_up.deepen_factor = 0.167

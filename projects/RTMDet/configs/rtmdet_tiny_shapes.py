@@ -12,7 +12,7 @@ from d2lite.layers import ShapeSpec
 from d2lite.solver import WarmupParamScheduler
 from d2lite.solver.lr_scheduler import FlatCosineParamScheduler
 
-from .common.coco_300e import dataloader, optimizer, train
+from .common.coco_300e import dataloader, optimizer, train  # noqa: F401
 from .common.rtmdet_model import model
 
 MAX_ITER = 600

@@ -1,6 +1,6 @@
 """RTMDetSepBNHead: convs shared across levels, BN and prediction layers per level."""
 import math
-from typing import List, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
