@@ -91,3 +91,16 @@ def test_dense_box_regression_loss():
         assert torch.isfinite(_dense_box_regression_loss(anchors, t, pred, gt_boxes, fg, kind))
     with pytest.raises(ValueError, match="box_reg_loss_type"):
         _dense_box_regression_loss(anchors, t, pred, gt_boxes, fg, "l2")
+
+
+def test_matches_torchvision_box_coder():
+    from torchvision.models.detection._utils import BoxCoder
+
+    weights = (10.0, 10.0, 5.0, 5.0)
+    ours = Box2BoxTransform(weights=weights)
+    tv = BoxCoder(weights=weights, bbox_xform_clip=math.log(1000.0 / 16))
+    src = _random_boxes(40, seed=3)
+    dst = _random_boxes(40, seed=4)
+    assert torch.allclose(ours.get_deltas(src, dst), tv.encode_single(dst, src), atol=1e-5)
+    deltas = torch.randn(40, 4, generator=torch.Generator().manual_seed(5)) * 3
+    assert torch.allclose(ours.apply_deltas(deltas, src), tv.decode_single(deltas, src), atol=1e-3)
