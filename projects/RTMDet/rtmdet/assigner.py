@@ -113,16 +113,14 @@ class DynamicSoftLabelAssigner:
                 f"[{int(gt_labels.min())}, {int(gt_labels.max())}]."
             )
         assigned_gt_inds = pred_bboxes.new_zeros((num_bboxes,), dtype=torch.long)
-
-        px, py = priors[:, 0:1], priors[:, 1:2]  # (N, 1)
+        # All pairwise tensors are laid out (G, priors): per-gt rows are contiguous.
+        gx1, gy1, gx2, gy2 = gt_bboxes.unbind(1)  # (G,)
+        px, py = priors[:, 0], priors[:, 1]
         # prior centre strictly inside the gt box (all four distances > 0)
         is_in_gts = (
-            (px - gt_bboxes[:, 0] > 0)
-            & (py - gt_bboxes[:, 1] > 0)
-            & (gt_bboxes[:, 2] - px > 0)
-            & (gt_bboxes[:, 3] - py > 0)
-        )  # (N, G)
-        valid_mask = is_in_gts.any(dim=1)
+            (px[None] > gx1[:, None]) & (py[None] > gy1[:, None]) & (gx2[:, None] > px[None]) & (gy2[:, None] > py[None])
+        )  # (G, N)
+        valid_mask = is_in_gts.any(dim=0)
         num_valid = int(valid_mask.sum()) if num_gt > 0 else 0
         if num_gt == 0 or num_bboxes == 0 or num_valid == 0:
             return AssignResult(
@@ -132,23 +130,25 @@ class DynamicSoftLabelAssigner:
                 pred_bboxes.new_full((num_bboxes,), -1, dtype=torch.long),
             )
 
-        valid_bboxes = pred_bboxes[valid_mask]  # (V, 4)
-        valid_scores = pred_scores[valid_mask]  # (V, C)
-        valid_priors = priors[valid_mask]  # (V, 4)
+        valid_idx = valid_mask.nonzero(as_tuple=True)[0]
+        valid_bboxes = pred_bboxes[valid_idx]  # (V, 4)
+        valid_priors = priors[valid_idx]  # (V, 4)
 
-        gt_center = (gt_bboxes[:, :2] + gt_bboxes[:, 2:]) / 2.0  # (G, 2)
-        distance = (valid_priors[:, None, :2] - gt_center[None]).pow(2).sum(-1).sqrt() / valid_priors[:, 2:3]
-        soft_center_prior = torch.pow(10, distance - self.soft_center_radius)  # (V, G)
+        cx, cy = (gx1 + gx2) / 2.0, (gy1 + gy2) / 2.0
+        dx = valid_priors[None, :, 0] - cx[:, None]
+        dy = valid_priors[None, :, 1] - cy[:, None]
+        distance = (dx * dx + dy * dy).sqrt() / valid_priors[None, :, 2]  # (G, V), in strides
+        soft_center_prior = torch.pow(10, distance - self.soft_center_radius)
 
-        pairwise_ious = bbox_overlaps(valid_bboxes, gt_bboxes)  # (V, G)
+        pairwise_ious = _pairwise_iou_gt_major(gt_bboxes, valid_bboxes)  # (G, V)
         iou_cost = -torch.log(pairwise_ious + EPS) * self.iou_weight
 
-        soft_cls_cost = self._cls_cost(valid_scores, pairwise_ious, gt_labels.long())
-        cost = soft_cls_cost + iou_cost + soft_center_prior  # (V, G)
+        scores_t = pred_scores[valid_idx].t().contiguous()  # (C, V)
+        soft_cls_cost = self._cls_cost(scores_t, pairwise_ious, gt_labels.long())
+        cost = soft_cls_cost + iou_cost + soft_center_prior  # (G, V)
 
         matched_pred_ious, matched_gt_inds, fg_mask = self.dynamic_k_matching(cost, pairwise_ious)
 
-        valid_idx = valid_mask.nonzero(as_tuple=True)[0]
         pos_idx = valid_idx[fg_mask]
         assigned_gt_inds[pos_idx] = matched_gt_inds + 1
         assigned_labels = assigned_gt_inds.new_full((num_bboxes,), -1)
@@ -158,49 +158,60 @@ class DynamicSoftLabelAssigner:
         return AssignResult(num_gt, assigned_gt_inds, max_overlaps, assigned_labels)
 
     @staticmethod
-    def _cls_cost(scores: Tensor, ious: Tensor, gt_labels: Tensor) -> Tensor:
-        """Soft classification cost (V, G) from logits (V, C), IoUs (V, G), labels (G,).
+    def _cls_cost(scores_t: Tensor, ious: Tensor, gt_labels: Tensor) -> Tensor:
+        """Soft classification cost (G, V) from logits (C, V), IoUs (G, V), labels (G,).
 
         For a class c != label_j the soft label is 0 and the term is
         ``BCE(x, 0) * sigmoid(x)^2``, independent of j: summed once per prior,
-        then the own-class term is swapped in per (prior, gt).
+        then the own-class term is swapped in per (gt, prior).
         """
-        neg_terms = F.binary_cross_entropy_with_logits(scores, torch.zeros_like(scores), reduction="none")
-        neg_terms = neg_terms * scores.sigmoid().pow(2)  # (V, C)
-        neg_sum = neg_terms.sum(dim=1, keepdim=True)  # (V, 1)
-        own_logit = scores[:, gt_labels]  # (V, G)
-        own_neg = neg_terms[:, gt_labels]  # (V, G)
+        neg_terms = F.binary_cross_entropy_with_logits(scores_t, torch.zeros_like(scores_t), reduction="none")
+        neg_terms = neg_terms * scores_t.sigmoid().pow(2)  # (C, V)
+        neg_sum = neg_terms.sum(dim=0, keepdim=True)  # (1, V)
+        own_logit = scores_t[gt_labels]  # (G, V)
         own_pos = F.binary_cross_entropy_with_logits(own_logit, ious, reduction="none")
         own_pos = own_pos * (ious - own_logit.sigmoid()).abs().pow(2)
-        return neg_sum - own_neg + own_pos
+        return neg_sum - neg_terms[gt_labels] + own_pos
 
     def dynamic_k_matching(self, cost: Tensor, pairwise_ious: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Pick the ``dynamic_k`` cheapest priors of each gt, resolve conflicts by min cost.
 
         Args:
-            cost: (V, G) matching cost.
-            pairwise_ious: (V, G) IoUs.
+            cost: (G, V) matching cost.
+            pairwise_ious: (G, V) IoUs.
 
         Returns:
             (matched IoUs (P,), matched gt indices (P,), foreground mask (V,)) where P = mask.sum().
         """
-        num_valid, num_gt = cost.shape
+        num_gt, num_valid = cost.shape
         candidate_topk = min(self.topk, num_valid)
-        topk_ious, _ = torch.topk(pairwise_ious, candidate_topk, dim=0)
-        dynamic_ks = torch.clamp(topk_ious.sum(0).int(), min=1)  # (G,)
+        topk_ious, _ = torch.topk(pairwise_ious, candidate_topk, dim=1)
+        dynamic_ks = torch.clamp(topk_ious.sum(1).int(), min=1)  # (G,)
         max_k = int(dynamic_ks.max())
-        _, pos_rows = torch.topk(cost, max_k, dim=0, largest=False)  # (max_k, G)
-        take = torch.arange(max_k, device=cost.device)[:, None] < dynamic_ks[None, :]  # (max_k, G)
+        _, pos_cols = torch.topk(cost, max_k, dim=1, largest=False)  # (G, max_k)
+        take = torch.arange(max_k, device=cost.device)[None, :] < dynamic_ks[:, None]  # (G, max_k)
+        rows = torch.arange(num_gt, device=cost.device)[:, None].expand(num_gt, max_k)
         matching = torch.zeros_like(cost, dtype=torch.bool)
-        cols = torch.arange(num_gt, device=cost.device).expand(max_k, num_gt)
-        matching[pos_rows[take], cols[take]] = True
+        matching[rows[take], pos_cols[take]] = True
 
-        multiple = matching.sum(1) > 1
+        multiple = matching.sum(0) > 1  # priors picked by several gts
         if multiple.any():
-            cost_argmin = cost[multiple].argmin(dim=1)
-            matching[multiple] = False
-            matching[multiple.nonzero(as_tuple=True)[0], cost_argmin] = True
-        fg_mask = matching.any(1)
-        matched_gt_inds = matching[fg_mask].int().argmax(1)
-        matched_pred_ious = pairwise_ious[fg_mask].gather(1, matched_gt_inds[:, None]).squeeze(1)
+            cols = multiple.nonzero(as_tuple=True)[0]
+            cost_argmin = cost[:, cols].argmin(dim=0)
+            matching[:, cols] = False
+            matching[cost_argmin, cols] = True
+        fg_mask = matching.any(0)
+        matched_gt_inds = matching[:, fg_mask].int().argmax(0)
+        matched_pred_ious = pairwise_ious[:, fg_mask].gather(0, matched_gt_inds[None]).squeeze(0)
         return matched_pred_ious, matched_gt_inds, fg_mask
+
+
+def _pairwise_iou_gt_major(gt_bboxes: Tensor, boxes: Tensor, eps: float = 1e-6) -> Tensor:
+    """IoU (G, V) of gts (G, 4) and boxes (V, 4), same arithmetic as :func:`bbox_overlaps`."""
+    area_b = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    area_g = (gt_bboxes[:, 2] - gt_bboxes[:, 0]) * (gt_bboxes[:, 3] - gt_bboxes[:, 1])
+    iw = (torch.min(boxes[None, :, 2], gt_bboxes[:, None, 2]) - torch.max(boxes[None, :, 0], gt_bboxes[:, None, 0])).clamp_(min=0)
+    ih = (torch.min(boxes[None, :, 3], gt_bboxes[:, None, 3]) - torch.max(boxes[None, :, 1], gt_bboxes[:, None, 1])).clamp_(min=0)
+    overlap = iw * ih
+    union = (area_b[None, :] + area_g[:, None] - overlap).clamp_(min=eps)
+    return overlap / union

@@ -119,6 +119,7 @@ def test_shared_params_enter_optimizer_once():
     assert sum(p.numel() for p in coco.parameters()) == pytest.approx(4.87e6, rel=0.01)
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_empty_gt():
     torch.manual_seed(0)
     model = tiny_rtmdet(num_classes=2, widen=0.125, out_channels=32)
