@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -100,15 +99,24 @@ def num_valid(priors, gts):
     return int(inside.any(1).sum())
 
 
+def _peak_rss_kib():
+    """VmHWM of this process (per address space, so not inherited from the parent like ru_maxrss)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def _rss_child(impl, num_gt):
     """Peak RSS increase (MiB) of one assignment in this (fresh) process."""
     case = make_case(num_gt)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss_kib()
     if impl == "ours":
         DynamicSoftLabelAssigner().assign(*case)
     else:
         dense_mmdet_assign(*case)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = _peak_rss_kib()
     print(json.dumps({"rss_mib": (after - before) / 1024}))
 
 

@@ -141,11 +141,10 @@ class DynamicSoftLabelAssigner:
         soft_center_prior = torch.pow(10, distance - self.soft_center_radius)
 
         pairwise_ious = _pairwise_iou_gt_major(gt_bboxes, valid_bboxes)  # (G, V)
-        iou_cost = -torch.log(pairwise_ious + EPS) * self.iou_weight
-
         scores_t = pred_scores[valid_idx].t().contiguous()  # (C, V)
-        soft_cls_cost = self._cls_cost(scores_t, pairwise_ious, gt_labels.long())
-        cost = soft_cls_cost + iou_cost + soft_center_prior  # (G, V)
+        cost = self._cls_cost(scores_t, pairwise_ious, gt_labels.long())  # (G, V)
+        cost += torch.log(pairwise_ious + EPS).mul_(-self.iou_weight)  # IoU cost
+        cost += soft_center_prior
 
         matched_pred_ious, matched_gt_inds, fg_mask = self.dynamic_k_matching(cost, pairwise_ious)
 
@@ -170,8 +169,10 @@ class DynamicSoftLabelAssigner:
         neg_sum = neg_terms.sum(dim=0, keepdim=True)  # (1, V)
         own_logit = scores_t[gt_labels]  # (G, V)
         own_pos = F.binary_cross_entropy_with_logits(own_logit, ious, reduction="none")
-        own_pos = own_pos * (ious - own_logit.sigmoid()).abs().pow(2)
-        return neg_sum - neg_terms[gt_labels] + own_pos
+        diff = ious - own_logit.sigmoid()
+        own_pos *= diff.mul_(diff)  # |q - p|^2
+        cost = neg_terms[gt_labels].neg_().add_(neg_sum)
+        return cost.add_(own_pos)
 
     def dynamic_k_matching(self, cost: Tensor, pairwise_ious: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Pick the ``dynamic_k`` cheapest priors of each gt, resolve conflicts by min cost.
