@@ -90,3 +90,26 @@ def test_bad_checkpoints(tmp_path):
     wrong_classes = to_mmdet_state_dict(tiny_rtmdet(num_classes=5, widen=0.125, out_channels=16).state_dict())
     with pytest.raises(RuntimeError, match="rtm_cls"):
         model.load_state_dict(load_mmdet_checkpoint({"state_dict": wrong_classes}), strict=True)
+
+
+def test_cli_output_loads_with_detection_checkpointer(tmp_path):
+    import importlib.util
+    import os
+
+    from d2lite.checkpoint import DetectionCheckpointer
+
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "convert_mmdet_checkpoint.py")
+    spec = importlib.util.spec_from_file_location("convert_mmdet_checkpoint", script)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    src = _randomised(tiny_rtmdet(num_classes=3, widen=0.125, out_channels=16)).eval()
+    mm_path, out_path = str(tmp_path / "mm.pth"), str(tmp_path / "d2lite.pth")
+    torch.save({"meta": {}, "state_dict": to_mmdet_state_dict(src.state_dict())}, mm_path)
+    cli.main([mm_path, out_path])
+    dst = tiny_rtmdet(num_classes=3, widen=0.125, out_channels=16).eval()
+    DetectionCheckpointer(dst).load(out_path)
+    for (k, a), (_, b) in zip(src.state_dict().items(), dst.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        cli.main([str(tmp_path / "missing.pth"), out_path])
