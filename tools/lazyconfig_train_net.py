@@ -231,6 +231,10 @@ def do_eval_only(cfg):
     checkpointer = DetectionCheckpointer(model, **({"ema": recorder} if recorder is not None else {}))
     checkpointer.load(cfg.train.init_checkpoint)
     use_ema = recorder is not None and recorder.loaded and cfg.train.ema.get("use_for_eval", True)
+    if use_ema:
+        logger.info(f"Evaluating the EMA weights of {cfg.train.init_checkpoint}")
+    elif recorder is not None:
+        logger.warning(f"train.ema.enabled but {cfg.train.init_checkpoint} holds no EMA weights: evaluating the model")
     model = create_ddp_model(model)
     return do_test(cfg, model, ema if use_ema else None)
 

@@ -68,6 +68,26 @@ def test_resume_continues_from_last_checkpoint(trained_run, tmp_path):
     assert iterations[-2:] == [4, 5] and iterations.count(4) == 1
 
 
+def test_ema_clipping_and_bf16_from_the_train_section(tmp_path):
+    out = tmp_path / "ema"
+    switches = ["train.ema.enabled=True", "train.ema.momentum=0.1", "train.clip_grad.enabled=True",
+                "train.clip_grad.clip_value=5.0", "train.amp.enabled=True"]
+    proc = run_tool("lazyconfig_train_net.py", "--config-file", QUICK_CONFIG, *SHORT, *switches,
+                    "train.eval_period=100", f"train.output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    checkpoint = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    ema = {k[len("module."):]: v for k, v in checkpoint["ema"].items() if k.startswith("module.")}
+    assert ema.keys() == checkpoint["model"].keys()
+    # The EMA lags the trained weights.
+    assert any(not torch.equal(ema[k], checkpoint["model"][k]) for k in ema if ema[k].is_floating_point())
+    proc = run_tool("lazyconfig_train_net.py", "--config-file", QUICK_CONFIG, "--eval-only", *switches,
+                    f"train.init_checkpoint={out / 'model_final.pth'}", f"train.output_dir={tmp_path / 'eval'}",
+                    "dataloader.test.num_workers=0", "model.test_score_thresh=0.0")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "Evaluating the EMA weights" in proc.stdout + proc.stderr
+    _bbox_ap(proc.stdout + proc.stderr)
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
