@@ -39,6 +39,7 @@ model.head.exp_on_reg = False
 model.num_classes = 3
 model.fixed_input_size = None  # batches of 224x224 crops; test images pad to a multiple of 32
 model.max_detections_per_image = 100
+model.vis_period = 200  # ground truth vs. predictions in TensorBoard
 
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(FlatCosineParamScheduler)(start_value=1.0, end_value=0.05, flat_fraction=0.5),

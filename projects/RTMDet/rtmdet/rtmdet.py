@@ -69,6 +69,9 @@ class RTMDet(DenseDetector):
         test_topk_candidates: per level, before NMS (mmdetection's nms_pre). Defaults to 30000.
         test_nms_thresh: Defaults to 0.65.
         max_detections_per_image: Defaults to 300.
+        vis_period: if > 0, every ``vis_period`` training iterations put an image of the
+            ground truth and the top predictions of the first input into the event
+            storage (TensorBoard). Defaults to 0.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class RTMDet(DenseDetector):
         test_topk_candidates: int = 30000,
         test_nms_thresh: float = 0.65,
         max_detections_per_image: int = 300,
+        vis_period: int = 0,
     ) -> None:
         super().__init__(backbone, head, list(head_in_features), pixel_mean=pixel_mean, pixel_std=pixel_std)
         shapes = backbone.output_shape()
@@ -116,6 +120,16 @@ class RTMDet(DenseDetector):
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
+        self.vis_period = vis_period
+        self._current_inputs: Optional[List[Dict]] = None  # raw inputs, for visualize_training
+
+    def forward(self, batched_inputs: List[Dict]):
+        """See :meth:`DenseDetector.forward`."""
+        self._current_inputs = batched_inputs  # visualize_training needs the raw images
+        try:
+            return super().forward(batched_inputs)
+        finally:
+            self._current_inputs = None
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Pad raw images with ``pad_value`` to a common size divisible by the backbone's
@@ -189,6 +203,11 @@ class RTMDet(DenseDetector):
         else:
             loss_bbox = flat_boxes.sum() * 0
             bbox_avg = assign_metrics.new_tensor(0.0)
+        if self.vis_period > 0 and has_event_storage() and get_event_storage().iter % self.vis_period == 0:
+            with torch.no_grad():
+                detached = ([x.detach() for x in cls_scores], [x.detach() for x in bbox_preds])
+                results = self.forward_inference(images, features, detached)
+            self.visualize_training(self._current_inputs, results)
         cls_avg_factor = reduce_mean(assign_metrics.sum()).clamp_(min=1).item()
         bbox_avg_factor = reduce_mean(bbox_avg).clamp_(min=1).item()
         return {"loss_cls": loss_cls / cls_avg_factor, "loss_bbox": loss_bbox / bbox_avg_factor}

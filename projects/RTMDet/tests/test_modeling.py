@@ -251,3 +251,20 @@ def test_bad_inputs():
             pixel_mean=BGR_MEAN,
             pixel_std=BGR_STD,
         )
+
+
+def test_vis_period_puts_prediction_image():
+    from d2lite.utils.events import EventStorage
+
+    model = tiny_rtmdet(num_classes=2, widen=0.125, out_channels=16, vis_period=2).train()
+    batch = synthetic_batch()
+    with EventStorage(start_iter=0) as storage:
+        model(batch)
+        assert len(storage._vis_data) == 1
+        name, img, _ = storage._vis_data[0]
+        assert "GT" in name and img.shape == (3, 2 * 64, 64) and 0 <= img.min() and img.max() <= 1
+        storage.iter = 1
+        model(batch)
+        assert len(storage._vis_data) == 1
+        assert "num_pos_priors" in storage.histories()
+    assert model._current_inputs is None
