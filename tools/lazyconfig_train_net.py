@@ -160,6 +160,8 @@ def do_train(args, cfg):
     model = instantiate(cfg.model)
     logger.info("Model:\n{}".format(model))
     model.to(cfg.train.device)
+    if cfg.train.get("channels_last", False):
+        model.to(memory_format=torch.channels_last)
     ema = build_ema(cfg, model)
 
     cfg.optimizer.params.model = model
@@ -226,6 +228,8 @@ class _LoadRecorder:
 def do_eval_only(cfg):
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
+    if cfg.train.get("channels_last", False):
+        model.to(memory_format=torch.channels_last)
     ema = build_ema(cfg, model)
     recorder = _LoadRecorder(ema) if ema is not None else None
     checkpointer = DetectionCheckpointer(model, **({"ema": recorder} if recorder is not None else {}))
