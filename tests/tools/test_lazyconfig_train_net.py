@@ -38,6 +38,22 @@ def test_train_writes_outputs_and_evaluates(trained_run):
     assert checkpoint["iteration"] == 3
 
 
+def test_training_lowers_the_loss(tmp_path):
+    """40 real iterations of the demo recipe on shapes: the logged loss falls."""
+    out = tmp_path / "loss"
+    proc = run_tool("lazyconfig_train_net.py", "--config-file", QUICK_CONFIG, *SHORT, "train.max_iter=40",
+                    "train.eval_period=1000", "train.checkpointer.period=1000", "dataloader.train.total_batch_size=4",
+                    f"train.output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    losses = {}
+    for line in (out / "metrics.json").read_text().splitlines():
+        record = json.loads(line)
+        if "total_loss" in record:
+            losses[record["iteration"]] = record["total_loss"]  # median of the last <= 20 iterations
+    assert sorted(losses) == list(range(40))
+    assert losses[39] < 0.8 * losses[9], losses
+
+
 def test_eval_only_reproduces_ap(trained_run, tmp_path):
     out, console = trained_run
     proc = run_tool(
