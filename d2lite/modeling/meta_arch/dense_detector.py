@@ -137,19 +137,24 @@ class DenseDetector(nn.Module):
         """Turn the head's ``predictions`` into one Instances per image, in input-image pixels."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward_inference")
 
+    def _input_image(self, i: int, x: Dict) -> Tensor:
+        """The (C, H, W) "image" of input ``i`` on the model's device; a clear error if it is
+        missing or has the wrong number of channels."""
+        if "image" not in x:
+            raise ValueError(f"{type(self).__name__}: input {i} has no 'image' key (keys: {list(x)})")
+        img = x["image"]
+        if img.dim() != 3 or img.shape[0] != self.pixel_mean.shape[0]:
+            raise ValueError(
+                f"{type(self).__name__}: input {i} 'image' must be (C, H, W) with "
+                f"C={self.pixel_mean.shape[0]} (len(pixel_mean)), got shape {tuple(img.shape)}"
+            )
+        return img.to(self.device)
+
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalize, pad and batch the input images."""
-        images = []
-        for i, x in enumerate(batched_inputs):
-            if "image" not in x:
-                raise ValueError(f"{type(self).__name__}: input {i} has no 'image' key (keys: {list(x)})")
-            img = x["image"]
-            if img.dim() != 3 or img.shape[0] != self.pixel_mean.shape[0]:
-                raise ValueError(
-                    f"{type(self).__name__}: input {i} 'image' must be (C, H, W) with "
-                    f"C={self.pixel_mean.shape[0]} (len(pixel_mean)), got shape {tuple(img.shape)}"
-                )
-            images.append((img.to(self.device) - self.pixel_mean) / self.pixel_std)
+        images = [
+            (self._input_image(i, x) - self.pixel_mean) / self.pixel_std for i, x in enumerate(batched_inputs)
+        ]
         return ImageList.from_tensors(
             images,
             self.backbone.size_divisibility,

@@ -135,17 +135,7 @@ class RTMDet(DenseDetector):
         """Pad raw images with ``pad_value`` to a common size divisible by the backbone's
         ``size_divisibility`` (or to ``fixed_input_size``), then normalise (so padding
         equals mmdetection's 114 pixels)."""
-        images = []
-        for i, x in enumerate(batched_inputs):
-            if "image" not in x:
-                raise ValueError(f"RTMDet: input {i} has no 'image' key (keys: {list(x)})")
-            img = x["image"]
-            if img.dim() != 3 or img.shape[0] != self.pixel_mean.shape[0]:
-                raise ValueError(
-                    f"RTMDet: input {i} 'image' must be (C, H, W) with C={self.pixel_mean.shape[0]}, "
-                    f"got shape {tuple(img.shape)}"
-                )
-            images.append(img.to(self.device).float())
+        images = [self._input_image(i, x).float() for i, x in enumerate(batched_inputs)]
         raw = ImageList.from_tensors(
             images,
             self.backbone.size_divisibility,
