@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -257,20 +257,12 @@ class SimpleTrainer(TrainerBase):
     def run_step(self) -> None:
         """Implement the standard training logic described above."""
         assert self.model.training, "[SimpleTrainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        # If you want to do something with the data, you can wrap the dataloader.
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
+        data, data_time = self._next_batch()
 
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()
 
-        loss_dict = self.model(data)
-        if isinstance(loss_dict, torch.Tensor):
-            losses = loss_dict
-            loss_dict = {"total_loss": loss_dict}
-        else:
-            losses = sum(loss_dict.values())
+        loss_dict, losses = self._sum_losses(self.model(data))
         if not self.zero_grad_before_forward:
             self.optimizer.zero_grad()
         losses.backward()
@@ -282,6 +274,20 @@ class SimpleTrainer(TrainerBase):
         self._write_metrics(loss_dict, data_time)
 
         self.optimizer.step()
+
+    def _next_batch(self) -> Tuple[Any, float]:
+        """The next batch and the seconds spent waiting for it.
+        (To do something with the data, wrap the data loader.)"""
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        return data, time.perf_counter() - start
+
+    @staticmethod
+    def _sum_losses(loss_dict) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """(loss dict, total loss) from a model's output: a dict of losses or one tensor."""
+        if isinstance(loss_dict, torch.Tensor):
+            return {"total_loss": loss_dict}, loss_dict
+        return loss_dict, sum(loss_dict.values())
 
     @property
     def _data_loader_iter(self):
@@ -464,20 +470,12 @@ class AMPTrainer(SimpleTrainer):
     def run_step(self) -> None:
         """Implement the AMP training logic."""
         assert self.model.training, "[AMPTrainer] model was changed to eval mode!"
-
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
+        data, data_time = self._next_batch()
 
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()
         with torch.autocast(device_type=self.device_type, dtype=self.precision):
-            loss_dict = self.model(data)
-            if isinstance(loss_dict, torch.Tensor):
-                losses = loss_dict
-                loss_dict = {"total_loss": loss_dict}
-            else:
-                losses = sum(loss_dict.values())
+            loss_dict, losses = self._sum_losses(self.model(data))
 
         if not self.zero_grad_before_forward:
             self.optimizer.zero_grad()
