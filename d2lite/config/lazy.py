@@ -116,9 +116,25 @@ def _resolve_relative(importer: str, name: str, level: int, statement: str) -> s
     for part in name.split(".") if name else []:
         cur = os.path.join(cur, part)
     if name and os.path.isfile(cur + ".py"):
-        return cur + ".py"
-    if os.path.isdir(cur):
-        return cur
+        target, folder = cur + ".py", os.path.dirname(cur)
+    elif os.path.isdir(cur):
+        target, folder = cur, cur
+    else:
+        target = None
+    if target is not None:
+        # Config folders are plain folders of .py files. A Python package (__init__.py) or
+        # a project root (setup.py, pyproject.toml, .git) is code, not part of the config tree.
+        marker = next(
+            (m for m in ("__init__.py", "setup.py", "pyproject.toml", ".git") if os.path.exists(os.path.join(folder, m))),
+            None,
+        )
+        if marker is not None:
+            raise ImportError(
+                f"Cannot run `{statement}` in config file {importer}: {target} is outside the config "
+                f"tree ({folder} holds {marker}). Relative imports in config files may only name other "
+                "config files; import code with an absolute import (e.g. `from d2lite.modeling import ...`)."
+            )
+        return target
     raise ImportError(
         f"Cannot run `{statement}` in config file {importer}: {cur}.py does not exist "
         "(relative imports in config files refer to .py files or directories, relative "

@@ -190,6 +190,24 @@ def test_relative_import_leaving_config_tree(tmp_path):
         LazyConfig.load(str(leaf))
 
 
+@pytest.mark.parametrize(
+    "files, statement",
+    [
+        # into a Python package next to the configs
+        ({"pkg/__init__.py": "", "pkg/mod.py": "model = dict(a=1)\n"}, "from ...pkg.mod import model"),
+        # up to the project root (a folder with setup.py)
+        ({"setup.py": "", "secrets.py": "model = dict(a=1)\n"}, "from ...secrets import model"),
+    ],
+)
+def test_relative_import_into_existing_code_leaves_config_tree(tmp_path, files, statement):
+    for name, text in files.items():
+        _write(tmp_path, name, text)
+    leaf = _write(tmp_path, "configs/sub/leaf.py", statement + "\n")
+    with pytest.raises(ImportError, match="outside the config tree") as exc:
+        LazyConfig.load(str(leaf))
+    assert statement in str(exc.value) and str(leaf) in str(exc.value)
+
+
 def test_relative_import_missing_name(cfg_tree):
     root, _ = cfg_tree
     leaf = _write(root, "COCO-Detection/missing_name.py", "from ..common.train import optimizer\n")
