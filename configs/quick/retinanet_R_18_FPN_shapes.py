@@ -1,7 +1,9 @@
 """RetinaNet R18-FPN trained from scratch on the built-in shapes dataset, on a CPU.
 
 This is `make demo`: on a 2-core CPU it generates the data, trains and
-evaluates in under 10 minutes (numbers in benchmarks/README.md).
+evaluates in under 10 minutes. Measured 2026-11-25 on the 2-core development
+machine, fresh clone, `time make demo`: 7 min 20 s in all (training 6 min 20 s),
+bbox AP 60.5 / AP50 80.2 on shapes_val (details: benchmarks/README.md).
 Changes from the COCO recipe: a half-width ResNet-18 with BatchNorm trained
 from scratch, a 64-channel FPN on P3-P5 with anchors of 16-101 px (shapes
 are 12-90 px), a GroupNorm head, GIoU box loss, AdamW, channels-last
