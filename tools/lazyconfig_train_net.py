@@ -19,6 +19,7 @@ Examples::
     # 2 processes on one machine (GPUs, or gloo processes on CPU); torchrun also works
     python tools/lazyconfig_train_net.py --config-file ... --num-gpus 2
 """
+import copy
 import logging
 import os
 import sys
@@ -27,6 +28,7 @@ from typing import Iterable, Iterator
 import torch
 
 from d2lite.checkpoint import DetectionCheckpointer
+from d2lite.config import LazyCall as L
 from d2lite.config import LazyConfig, instantiate
 from d2lite.engine import (
     AMPTrainer,
@@ -38,6 +40,7 @@ from d2lite.engine import (
     hooks,
     launch,
 )
+from d2lite.data import get_detection_dataset_dicts
 from d2lite.evaluation import inference_on_dataset, print_csv_format
 from d2lite.modeling.ema import ModelEMA
 from d2lite.solver import LRMultiplier
@@ -156,6 +159,31 @@ def build_ema(cfg, model):
     )
 
 
+def build_val_loss_loader(cfg):
+    """The data loader of :class:`hooks.ValidationLoss`: ``cfg.dataloader.val_loss`` if the
+    config defines it, else ``cfg.dataloader.test`` changed for losses: the mapper keeps
+    annotations (``is_train=True``, still the test augmentations), images without boxes
+    are dropped (``filter_empty=True``) and batches hold
+    ``dataloader.train.total_batch_size // world_size`` images (at least 1).
+    ``cfg`` is not modified."""
+    if "val_loss" in cfg.dataloader:
+        return instantiate(cfg.dataloader.val_loss)
+    if "test" not in cfg.dataloader or "mapper" not in cfg.dataloader.test:
+        raise ConfigError(
+            "train.val_loss.period > 0 needs dataloader.val_loss, or a dataloader.test with a mapper to derive it from"
+        )
+    loader = copy.deepcopy(cfg.dataloader.test)  # keeps its parent, so ${...} interpolations still resolve
+    loader.mapper.is_train = True
+    dataset = loader.get("dataset", None)
+    if isinstance(dataset, str):  # build_detection_test_loader would read it with filter_empty=False
+        loader.dataset = L(get_detection_dataset_dicts)(names=dataset, filter_empty=True)
+    elif "names" in (dataset or {}):  # L(get_detection_dataset_dicts)(names=...)
+        loader.dataset.filter_empty = True
+    train_batch = cfg.dataloader.get("train", {}).get("total_batch_size", 1)
+    loader.batch_size = max(int(train_batch) // comm.get_world_size(), 1)
+    return instantiate(loader)
+
+
 def do_train(args, cfg):
     model = instantiate(cfg.model)
     logger.info("Model:\n{}".format(model))
@@ -184,6 +212,7 @@ def do_train(args, cfg):
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, **checkpointables)
     eval_ema = ema if ema is not None and cfg.train.ema.get("use_for_eval", True) else None
     clip = cfg.train.get("clip_grad", None)
+    val_loss = cfg.train.get("val_loss", None) or {}
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -193,6 +222,9 @@ def do_train(args, cfg):
             hooks.EMAHook(ema) if ema is not None else None,
             hooks.LRScheduler(scheduler=LRMultiplier(optim, instantiate(cfg.lr_multiplier), cfg.train.max_iter)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+            hooks.ValidationLoss(val_loss["period"], build_val_loss_loader(cfg), val_loss.get("num_batches", None))
+            if val_loss.get("period", 0) > 0
+            else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, eval_ema)),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period

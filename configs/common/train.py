@@ -16,6 +16,13 @@ train = dict(
     ),
     checkpointer=dict(period=5000, max_to_keep=100),  # options for PeriodicCheckpointer
     eval_period=5000,
+    # Validation losses (hooks.ValidationLoss): every `period` iterations and at the end,
+    # the model's training losses on up to `num_batches` batches (None: all) are logged
+    # as val_total_loss, val_loss_cls, ... (TensorBoard, metrics.json); period=0: off.
+    # The loader is dataloader.val_loss if the config defines one, else dataloader.test
+    # with mapper.is_train=True (test augmentations, annotations kept), filter_empty=True
+    # and dataloader.train.total_batch_size // world_size images per batch.
+    val_loss=dict(period=0, num_batches=None),
     log_period=20,
     # Every vis_period iterations, put a few training images with their
     # ground-truth boxes into TensorBoard (0 = never).

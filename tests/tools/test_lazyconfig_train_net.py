@@ -104,6 +104,30 @@ def test_ema_clipping_and_bf16_from_the_train_section(tmp_path):
     _bbox_ap(proc.stdout + proc.stderr)
 
 
+def test_validation_losses_leave_training_unchanged(trained_run, tmp_path):
+    """train.val_loss.period=2: val_* scalars at iterations 1 and 3; the training
+    scalars are exactly those of the same run without validation (trained_run)."""
+    out = tmp_path / "val_loss"
+    proc = run_tool("lazyconfig_train_net.py", "--config-file", QUICK_CONFIG, *SHORT, "train.val_loss.period=2",
+                    "train.val_loss.num_batches=2", f"train.output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    lines = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    val_names = ("val_total_loss", "val_loss_cls", "val_loss_box_reg", "val_num_pos_anchors")
+    for name in val_names:
+        assert [line["iteration"] for line in lines if name in line] == [1, 3], name
+    for line in lines:
+        if "val_total_loss" in line:
+            assert line["val_total_loss"] == pytest.approx(line["val_loss_cls"] + line["val_loss_box_reg"], rel=1e-6)
+            assert line["val_num_pos_anchors"] > 0
+    plain = [json.loads(line) for line in (trained_run[0] / "metrics.json").read_text().splitlines()]
+    training_keys = ("total_loss", "loss_cls", "loss_box_reg", "num_pos_anchors", "lr")
+    strip = lambda rows: [{k: r[k] for k in ("iteration",) + training_keys if k in r} for r in rows if "total_loss" in r]
+    assert strip(lines) == strip(plain)
+    assert [line["bbox/AP"] for line in lines if "bbox/AP" in line] == [line["bbox/AP"] for line in plain if "bbox/AP" in line]
+    console = proc.stdout + proc.stderr
+    assert "Validation losses after iteration 3" in console
+
+
 def test_two_cpu_processes(tmp_path):
     """--num-gpus 2 without CUDA: two gloo processes train with DDP and evaluate across ranks."""
     if torch.cuda.is_available():
