@@ -629,12 +629,12 @@ def _is_running_stats_norm(module: torch.nn.Module) -> bool:
 
 @contextmanager
 def _validation_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Keep ``model`` in training mode (so it returns losses) but put its normalisation
-    layers with running statistics and its dropout layers in eval mode; restore every
-    module's training flag on exit, also after an exception."""
+    """Leave ``model`` in training mode (so it returns losses; modules the user put in
+    eval mode stay so) but put its normalisation layers with running statistics and its
+    dropout layers in eval mode; restore every module's training flag on exit, also
+    after an exception."""
     flags = [(m, m.training) for m in model.modules()]
     try:
-        model.train()
         for m in model.modules():
             if _is_running_stats_norm(m) or isinstance(m, torch.nn.modules.dropout._DropoutNd):
                 m.eval()

@@ -163,6 +163,27 @@ def test_bn_stats_params_grads_and_flags_untouched_by_one_pass():
         sum(_manual_losses(model, b)[0] for b in val) / 2, rel=1e-5)
 
 
+def test_flags_during_the_pass():
+    """BN and dropout in eval mode, the rest as the user left it (a user-frozen module stays frozen)."""
+    seen = []
+
+    class Recording(ToyModel):
+        def forward(self, batch):
+            seen.append({name: m.training for name, m in self.named_modules()})
+            return super().forward(batch)
+
+    model = Recording()
+    trainer = SimpleTrainer(model, iter([]), torch.optim.SGD(model.parameters(), lr=0.1))
+    model.linear.eval()
+    hook = hooks.ValidationLoss(1, _batches(7, 1))
+    trainer.register_hooks([hook])
+    with EventStorage(0) as trainer.storage:
+        trainer.iter, trainer.max_iter = 0, 10
+        hook.after_step()
+    assert seen == [{"": True, "bn": False, "linear": False, "drop": False}]
+    assert [m.training for m in (model, model.bn, model.linear, model.drop)] == [True, True, False, True]
+
+
 def test_training_flags_restored_after_an_exception():
     model = ToyModel()
     trainer = SimpleTrainer(model, iter([]), torch.optim.SGD(model.parameters(), lr=0.1))
