@@ -77,6 +77,7 @@ def _check_boxes(name: str, x1: torch.Tensor, y1: torch.Tensor, x2: torch.Tensor
 
 
 def _iou_terms(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float):
+    """Checked XYXY coordinates of both box sets (two 4-tuples), their union and IoU."""
     x1, y1, x2, y2 = boxes1.unbind(dim=-1)
     x1g, y1g, x2g, y2g = boxes2.unbind(dim=-1)
     _check_boxes("boxes1", x1, y1, x2, y2)
@@ -88,7 +89,7 @@ def _iou_terms(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float):
     intsct = (xkis2 - xkis1).clamp(min=0) * (ykis2 - ykis1).clamp(min=0)
     union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - intsct
     iou = intsct / (union + eps)
-    return (x1, y1, x2, y2), (x1g, y1g, x2g, y2g), intsct, union, iou
+    return (x1, y1, x2, y2), (x1g, y1g, x2g, y2g), union, iou
 
 
 def giou_loss(
@@ -101,7 +102,7 @@ def giou_loss(
         reduction: "none" | "mean" | "sum".
         eps: small number to prevent division by zero.
     """
-    (x1, y1, x2, y2), (x1g, y1g, x2g, y2g), _, union, iou = _iou_terms(boxes1, boxes2, eps)
+    (x1, y1, x2, y2), (x1g, y1g, x2g, y2g), union, iou = _iou_terms(boxes1, boxes2, eps)
     # smallest enclosing box
     xc1 = torch.min(x1, x1g)
     yc1 = torch.min(y1, y1g)
@@ -112,6 +113,22 @@ def giou_loss(
     return _reduce(1 - giou, reduction)
 
 
+def _center_distance_penalty(boxes, boxes_gt, eps: float) -> torch.Tensor:
+    """DIoU's ``d^2 / c^2``: squared distance of the box centers over the squared
+    diagonal of the smallest enclosing box."""
+    x1, y1, x2, y2 = boxes
+    x1g, y1g, x2g, y2g = boxes_gt
+    xc1 = torch.min(x1, x1g)
+    yc1 = torch.min(y1, y1g)
+    xc2 = torch.max(x2, x2g)
+    yc2 = torch.max(y2, y2g)
+    diag_len = ((xc2 - xc1) ** 2) + ((yc2 - yc1) ** 2) + eps
+    x_p, y_p = (x2 + x1) / 2, (y2 + y1) / 2
+    x_g, y_g = (x1g + x2g) / 2, (y1g + y2g) / 2
+    distance = (x_p - x_g) ** 2 + (y_p - y_g) ** 2
+    return distance / diag_len
+
+
 def diou_loss(
     boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none", eps: float = 1e-7
 ) -> torch.Tensor:
@@ -119,36 +136,21 @@ def diou_loss(
 
     d: distance between box centers; c: diagonal of the smallest enclosing box.
     """
-    (x1, y1, x2, y2), (x1g, y1g, x2g, y2g), _, _, iou = _iou_terms(boxes1, boxes2, eps)
-    xc1 = torch.min(x1, x1g)
-    yc1 = torch.min(y1, y1g)
-    xc2 = torch.max(x2, x2g)
-    yc2 = torch.max(y2, y2g)
-    diag_len = ((xc2 - xc1) ** 2) + ((yc2 - yc1) ** 2) + eps
-    x_p, y_p = (x2 + x1) / 2, (y2 + y1) / 2
-    x_g, y_g = (x1g + x2g) / 2, (y1g + y2g) / 2
-    distance = (x_p - x_g) ** 2 + (y_p - y_g) ** 2
-    return _reduce(1 - iou + distance / diag_len, reduction)
+    b, b_gt, _, iou = _iou_terms(boxes1, boxes2, eps)
+    return _reduce(1 - iou + _center_distance_penalty(b, b_gt, eps), reduction)
 
 
 def ciou_loss(
     boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none", eps: float = 1e-7
 ) -> torch.Tensor:
     """Complete IoU loss: DIoU loss plus an aspect-ratio term ``alpha * v`` (https://arxiv.org/abs/1911.08287)."""
-    (x1, y1, x2, y2), (x1g, y1g, x2g, y2g), _, _, iou = _iou_terms(boxes1, boxes2, eps)
-    xc1 = torch.min(x1, x1g)
-    yc1 = torch.min(y1, y1g)
-    xc2 = torch.max(x2, x2g)
-    yc2 = torch.max(y2, y2g)
-    diag_len = ((xc2 - xc1) ** 2) + ((yc2 - yc1) ** 2) + eps
-    x_p, y_p = (x2 + x1) / 2, (y2 + y1) / 2
-    x_g, y_g = (x1g + x2g) / 2, (y1g + y2g) / 2
-    distance = (x_p - x_g) ** 2 + (y_p - y_g) ** 2
-    w_pred, h_pred = x2 - x1, y2 - y1
-    w_gt, h_gt = x2g - x1g, y2g - y1g
+    b, b_gt, _, iou = _iou_terms(boxes1, boxes2, eps)
+    penalty = _center_distance_penalty(b, b_gt, eps)
+    w_pred, h_pred = b[2] - b[0], b[3] - b[1]
+    w_gt, h_gt = b_gt[2] - b_gt[0], b_gt[3] - b_gt[1]
     v = (4 / (math.pi**2)) * torch.pow(
         torch.atan(w_gt / (h_gt + eps)) - torch.atan(w_pred / (h_pred + eps)), 2
     )
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
-    return _reduce(1 - iou + distance / diag_len + alpha * v, reduction)
+    return _reduce(1 - iou + penalty + alpha * v, reduction)
