@@ -221,7 +221,8 @@ class RetinaNet(DenseDetector):
         matched_gt_boxes = []
         for img_idx, gt_per_image in enumerate(gt_instances):
             gt_classes = gt_per_image.gt_classes
-            if len(gt_classes) > 0 and (int(gt_classes.min()) < 0 or int(gt_classes.max()) >= self.num_classes):
+            # One device sync per image; min/max are only computed for the error message.
+            if bool(((gt_classes < 0) | (gt_classes >= self.num_classes)).any()):
                 raise ValueError(
                     f"RetinaNet: image {img_idx} has gt_classes in [{int(gt_classes.min())}, "
                     f"{int(gt_classes.max())}] but num_classes={self.num_classes}; classes must be "
