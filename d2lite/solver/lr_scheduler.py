@@ -37,6 +37,11 @@ logger = logging.getLogger(__name__)
 _WARMUP_METHODS = ("linear", "constant")
 
 
+def _check_warmup_method(method: str) -> None:
+    if method not in _WARMUP_METHODS:
+        raise ValueError(f"Unknown warmup method: {method!r}; use one of {_WARMUP_METHODS}.")
+
+
 class WarmupParamScheduler(CompositeParamScheduler):
     """Prepend a warmup stage to another fvcore ParamScheduler.
 
@@ -74,10 +79,7 @@ class WarmupParamScheduler(CompositeParamScheduler):
                 f"WarmupParamScheduler: warmup_length must be a fraction of training in "
                 f"[0, 1], got {warmup_length}. Pass warmup_iters / max_iter."
             )
-        if warmup_method not in _WARMUP_METHODS:
-            raise ValueError(
-                f"Unknown warmup method: {warmup_method!r}; use one of {_WARMUP_METHODS}."
-            )
+        _check_warmup_method(warmup_method)
         end_value = scheduler(0.0 if rescale_interval else warmup_length)
         start_value = warmup_factor * scheduler(0.0)
         if warmup_method == "constant":
@@ -262,10 +264,7 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
                 f"WarmupMultiStepLR: milestones should be a list of increasing integers. "
                 f"Got {list(milestones)}."
             )
-        if warmup_method not in _WARMUP_METHODS:
-            raise ValueError(
-                f"Unknown warmup method: {warmup_method!r}; use one of {_WARMUP_METHODS}."
-            )
+        _check_warmup_method(warmup_method)
         self.milestones = list(milestones)
         self.gamma = gamma
         self.warmup_factor = warmup_factor
@@ -311,10 +310,7 @@ class WarmupCosineLR(torch.optim.lr_scheduler.LRScheduler):
         """
         if max_iters <= 0:
             raise ValueError(f"WarmupCosineLR: max_iters must be > 0, got {max_iters}.")
-        if warmup_method not in _WARMUP_METHODS:
-            raise ValueError(
-                f"Unknown warmup method: {warmup_method!r}; use one of {_WARMUP_METHODS}."
-            )
+        _check_warmup_method(warmup_method)
         self.max_iters = max_iters
         self.warmup_factor = warmup_factor
         self.warmup_iters = warmup_iters
