@@ -124,3 +124,12 @@ def test_fpn_bad_input():
         FPN(bottom_up, ["res3", "res4"], 16, fuse_type="max")
     with pytest.raises(ValueError, match="res6"):
         FPN(bottom_up, ["res5", "res6"], 16)
+
+
+def test_fpn_top_block_in_feature_must_exist():
+    # Without res5 in the bottom-up outputs, P6 has no input: say so at construction.
+    bottom_up = _r18(out_features=("res3", "res4"))
+    with pytest.raises(ValueError, match="top_block.in_feature 'res5'"):
+        FPN(bottom_up, ["res3", "res4"], 16, top_block=LastLevelP6P7(512, 16))
+    with pytest.raises(ValueError, match="top_block.in_feature 'p5'"):
+        FPN(bottom_up, ["res3", "res4"], 16, top_block=LastLevelP6P7(16, 16, in_feature="p5"))

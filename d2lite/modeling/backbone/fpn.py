@@ -139,6 +139,14 @@ class FPN(Backbone):
             for s in range(stage, stage + self.top_block.num_levels):
                 self._out_feature_strides[f"p{s + 1}"] = 2 ** (s + 1)
         self._out_features = list(self._out_feature_strides.keys())
+        if self.top_block is not None:
+            top_in = self.top_block.in_feature
+            fpn_outputs = self._out_features[: len(in_features)]
+            if top_in not in input_shapes and top_in not in fpn_outputs:
+                raise ValueError(
+                    f"FPN: top_block.in_feature {top_in!r} is neither a bottom-up output "
+                    f"({list(input_shapes)}) nor an FPN output ({fpn_outputs})"
+                )
         self._out_feature_channels = {k: out_channels for k in self._out_features}
         self._size_divisibility = strides[-1]
         self._square_pad = square_pad
