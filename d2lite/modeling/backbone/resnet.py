@@ -120,7 +120,6 @@ class BasicStem(CNNBlockBase):
 
     def __init__(self, in_channels: int = 3, out_channels: int = 64, norm="BN"):
         super().__init__(in_channels, out_channels, 4)
-        self.in_channels = in_channels
         self.conv1 = Conv2d(
             in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False,
             norm=get_norm(norm, out_channels),
