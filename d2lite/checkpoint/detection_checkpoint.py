@@ -112,7 +112,6 @@ class DetectionCheckpointer(Checkpointer):
             checkpointables: objects with ``state_dict()``/``load_state_dict()``, saved under
                 their keyword names.
         """
-        self._wrapped_model = model if isinstance(model, (DistributedDataParallel, DataParallel)) else None
         super().__init__(
             model,
             save_dir,
