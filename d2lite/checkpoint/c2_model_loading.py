@@ -266,7 +266,8 @@ def align_and_update_state_dicts(
     else:
         logger.info(_matched_table(matched, model_state_dict, original_keys))
 
-    unmatched_model = [k for k in model_keys if k not in set(matched.values())]
+    matched_model_keys = set(matched.values())
+    unmatched_model = [k for k in model_keys if k not in matched_model_keys]
     if unmatched_model:
         logger.info(get_missing_parameters_message(unmatched_model))
     unmatched_ckpt = [k for k in ckpt_keys if k not in matched]
