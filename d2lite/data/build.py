@@ -210,16 +210,22 @@ def build_batch_data_loader(
     )
 
 
-def _as_dataset(dataset: Any) -> Any:
-    """Accept list[dict], a torch Dataset, or dataset name(s) (str / list[str])."""
+def _as_dataset(dataset: Any, mapper: Optional[Callable[[Dict[str, Any]], Any]], sampler: Optional[torchdata.Sampler],
+                *, filter_empty: bool) -> Any:
+    """Accept list[dict], a torch Dataset, or dataset name(s) (str / list[str]); apply
+    ``mapper``; check ``sampler`` is None for an iterable dataset."""
     if isinstance(dataset, str) or (
         isinstance(dataset, (list, tuple)) and len(dataset) > 0 and all(isinstance(x, str) for x in dataset)
     ):
-        dataset = get_detection_dataset_dicts(dataset)
+        dataset = get_detection_dataset_dicts(dataset, filter_empty=filter_empty)
     if isinstance(dataset, (list, tuple)):
         if len(dataset) == 0:
             raise ValueError("The dataset given to the data loader is empty.")
         dataset = DatasetFromList(list(dataset), copy=False)
+    if mapper is not None:
+        dataset = MapDataset(dataset, mapper)
+    if isinstance(dataset, torchdata.IterableDataset) and sampler is not None:
+        raise ValueError("sampler must be None if dataset is an IterableDataset.")
     return dataset
 
 
@@ -249,13 +255,8 @@ def build_detection_train_loader(
     Returns:
         Infinite iterable of batches (list of ``total_batch_size // world_size`` mapped dicts).
     """
-    dataset = _as_dataset(dataset)
-    if mapper is not None:
-        dataset = MapDataset(dataset, mapper)
-    if isinstance(dataset, torchdata.IterableDataset):
-        if sampler is not None:
-            raise ValueError("sampler must be None if dataset is an IterableDataset.")
-    else:
+    dataset = _as_dataset(dataset, mapper, sampler, filter_empty=True)
+    if not isinstance(dataset, torchdata.IterableDataset):
         if sampler is None:
             sampler = TrainingSampler(len(dataset))
         if not isinstance(sampler, torchdata.Sampler):
@@ -286,19 +287,9 @@ def build_detection_test_loader(
     For names, ``filter_empty=False`` is used so every image is evaluated; pass
     ``get_detection_dataset_dicts(names, filter_empty=False)`` explicitly to be clear.
     """
-    if isinstance(dataset, str) or (
-        isinstance(dataset, (list, tuple)) and len(dataset) > 0 and all(isinstance(x, str) for x in dataset)
-    ):
-        dataset = get_detection_dataset_dicts(dataset, filter_empty=False)
-    dataset = _as_dataset(dataset)
-    if mapper is not None:
-        dataset = MapDataset(dataset, mapper)
-    if isinstance(dataset, torchdata.IterableDataset):
-        if sampler is not None:
-            raise ValueError("sampler must be None if dataset is an IterableDataset.")
-    else:
-        if sampler is None:
-            sampler = InferenceSampler(len(dataset))
+    dataset = _as_dataset(dataset, mapper, sampler, filter_empty=False)
+    if sampler is None and not isinstance(dataset, torchdata.IterableDataset):
+        sampler = InferenceSampler(len(dataset))
     return torchdata.DataLoader(
         dataset,
         batch_size=batch_size,
