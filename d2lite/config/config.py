@@ -102,17 +102,11 @@ def _get_args_from_config(from_config_func: Callable, *args, **kwargs) -> Dict[s
             f"{name}(...) is used as a from_config function, so its first argument must be "
             f"named 'cfg'; its signature is {signature}."
         )
-    has_var_kwargs = any(p.kind == p.VAR_KEYWORD for p in params)
-    if has_var_kwargs:
-        ret = from_config_func(*args, **kwargs)
-    else:
-        supported = set(signature.parameters)
-        extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in supported}
-        ret = from_config_func(*args, **kwargs)
-        if not isinstance(ret, dict):
-            raise TypeError(f"{name} must return a dict of keyword arguments, got {type(ret).__name__}.")
-        ret = dict(ret)
-        ret.update(extra)
+    extra: Dict[str, Any] = {}
+    if not any(p.kind == p.VAR_KEYWORD for p in params):
+        # Keywords from_config does not take go straight to the decorated callable.
+        extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in signature.parameters}
+    ret = from_config_func(*args, **kwargs)
     if not isinstance(ret, dict):
         raise TypeError(f"{name} must return a dict of keyword arguments, got {type(ret).__name__}.")
-    return ret
+    return {**ret, **extra}
