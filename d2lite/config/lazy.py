@@ -606,7 +606,7 @@ class _PyWriter:
     def _parts(self, obj: Any) -> Optional[Tuple[str, List[Tuple[str, Any]], str]]:
         """(opener, [(item prefix, child)], closer) for containers; None for leaves."""
         if isinstance(obj, abc.Mapping):
-            target = obj.get("_target_", None) if "_target_" in obj else None
+            target = obj.get("_target_")
             rest = [(k, v) for k, v in obj.items() if k != "_target_"]
             if "_target_" in obj:
                 if isinstance(target, abc.Mapping):
