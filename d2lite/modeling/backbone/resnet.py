@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from fvcore.nn import weight_init
 from torch import Tensor, nn
 
-from d2lite.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
+from d2lite.layers import CNNBlockBase, Conv2d, get_norm
 
 from .backbone import Backbone
 
@@ -242,14 +242,6 @@ class ResNet(Backbone):
             if "linear" in self._out_features:
                 outputs["linear"] = x
         return outputs
-
-    def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
-            for name in self._out_features
-        }
 
     def freeze(self, freeze_at: int = 0) -> "ResNet":
         """
