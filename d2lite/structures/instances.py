@@ -130,6 +130,12 @@ class Instances:
                         f"Instances.cat: image sizes differ ({i.image_size} vs {image_size})"
                     )
         ret = Instances(image_size)
+        for idx, inst in enumerate(instance_lists[1:], 1):
+            missing = [k for k in instance_lists[0]._fields if not inst.has(k)]
+            if missing:
+                raise KeyError(
+                    f"Instances.cat: Instances {idx} lacks field(s) {missing} that Instances 0 has"
+                )
         for k in instance_lists[0]._fields.keys():
             values = [i.get(k) for i in instance_lists]
             v0 = values[0]

@@ -84,6 +84,8 @@ def test_cat():
         Instances.cat([])
     with pytest.raises(ValueError, match="unsupported type"):
         Instances.cat([Instances((1, 1), x=(1,)), Instances((1, 1), x=(2,))])
+    with pytest.raises(KeyError, match=r"Instances 1 lacks field\(s\) \['gt_boxes', 'names'\]"):
+        Instances.cat([a, Instances(a.image_size, gt_classes=torch.tensor([0]))])
 
 
 def test_to_and_repr():
