@@ -20,6 +20,7 @@ Examples::
     python tools/lazyconfig_train_net.py --config-file ... --num-gpus 2
 """
 import copy
+import itertools
 import logging
 import os
 import sys
@@ -41,7 +42,7 @@ from d2lite.engine import (
     launch,
 )
 from d2lite.data import get_detection_dataset_dicts
-from d2lite.evaluation import inference_on_dataset, print_csv_format
+from d2lite.evaluation import inference_context, inference_on_dataset, print_csv_format
 from d2lite.modeling.ema import ModelEMA
 from d2lite.solver import LRMultiplier
 from d2lite.utils import comm
@@ -94,20 +95,15 @@ def _visualize_batches(data_loader: Iterable, period: int, input_format: str, cl
         yield batch
 
 
-def _put_prediction_images(cfg, model, num_images: int = 3) -> None:
-    """Run ``model`` on the first test images and put them, with predicted boxes, into the storage."""
+def _put_prediction_images(cfg, model, loader, num_images: int = 3) -> None:
+    """Run ``model`` on the first test images of ``loader`` and put them, with predicted boxes, into the storage."""
     if not (comm.is_main_process() and has_event_storage()):
         return
     storage = get_event_storage()
-    loader = instantiate(cfg.dataloader.test)
     input_format = cfg.dataloader.test.mapper.get("image_format", "BGR")
     class_names = _class_names(cfg.dataloader.test)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for i, batch in enumerate(loader):
-            if i >= num_images:
-                break
+    with inference_context(model), torch.no_grad():
+        for i, batch in enumerate(itertools.islice(loader, num_images)):
             inst = model(batch)[0]["instances"].to("cpu")
             inst = inst[inst.scores > 0.3]
             d = batch[0]
@@ -116,7 +112,6 @@ def _put_prediction_images(cfg, model, num_images: int = 3) -> None:
             boxes = inst.pred_boxes.tensor * torch.tensor([sx, sy, sx, sy])
             img = draw_boxes(img, boxes, inst.pred_classes, inst.scores, class_names)
             storage.put_image(f"eval/pred_boxes_{i}", torch.from_numpy(img.copy()).permute(2, 0, 1) / 255.0)
-    model.train(was_training)
 
 
 def _class_names(loader_cfg):
@@ -138,10 +133,11 @@ def do_test(cfg, model, ema=None):
     if ema is not None:
         with ema.apply_to(model.module if hasattr(model, "module") else model):
             return do_test(cfg, model)
-    ret = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    loader = instantiate(cfg.dataloader.test)
+    ret = inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))
     if comm.is_main_process():
         print_csv_format(ret)
-    _put_prediction_images(cfg, model)
+    _put_prediction_images(cfg, model, loader)
     return ret
 
 
@@ -184,12 +180,18 @@ def build_val_loss_loader(cfg):
     return instantiate(loader)
 
 
-def do_train(args, cfg):
+def build_model(cfg):
+    """``cfg.model`` on ``cfg.train.device`` (channels-last if ``cfg.train.channels_last``)."""
     model = instantiate(cfg.model)
-    logger.info("Model:\n{}".format(model))
     model.to(cfg.train.device)
     if cfg.train.get("channels_last", False):
         model.to(memory_format=torch.channels_last)
+    return model
+
+
+def do_train(args, cfg):
+    model = build_model(cfg)
+    logger.info("Model:\n{}".format(model))
     ema = build_ema(cfg, model)
 
     cfg.optimizer.params.model = model
@@ -258,10 +260,7 @@ class _LoadRecorder:
 
 
 def do_eval_only(cfg):
-    model = instantiate(cfg.model)
-    model.to(cfg.train.device)
-    if cfg.train.get("channels_last", False):
-        model.to(memory_format=torch.channels_last)
+    model = build_model(cfg)
     ema = build_ema(cfg, model)
     recorder = _LoadRecorder(ema) if ema is not None else None
     checkpointer = DetectionCheckpointer(model, **({"ema": recorder} if recorder is not None else {}))
