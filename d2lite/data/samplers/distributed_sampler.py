@@ -26,7 +26,27 @@ def _check_size(size: int) -> int:
     return size
 
 
-class TrainingSampler(Sampler):
+class _InfiniteShardedSampler(Sampler):
+    """Base of the training samplers: one global infinite stream of indices from
+    :meth:`_infinite_indices` (seeded identically on all ranks), of which rank ``r`` of
+    ``W`` takes elements ``r, r+W, r+2W...``."""
+
+    def __init__(self, shuffle: bool, seed: Optional[int]):
+        self._shuffle = shuffle
+        if seed is None:
+            seed = comm.shared_random_seed()
+        self._seed = int(seed)
+        self._rank = comm.get_rank()
+        self._world_size = comm.get_world_size()
+
+    def __iter__(self) -> Iterator[int]:
+        yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
+
+    def _infinite_indices(self) -> Iterator[int]:
+        raise NotImplementedError
+
+
+class TrainingSampler(_InfiniteShardedSampler):
     """Infinite stream of indices for training.
 
     One global stream is generated from ``seed`` (a new permutation of ``range(size)``
@@ -43,16 +63,7 @@ class TrainingSampler(Sampler):
                 one random seed shared by all ranks is drawn (``comm.shared_random_seed``).
         """
         self._size = _check_size(size)
-        self._shuffle = shuffle
-        if seed is None:
-            seed = comm.shared_random_seed()
-        self._seed = int(seed)
-        self._rank = comm.get_rank()
-        self._world_size = comm.get_world_size()
-
-    def __iter__(self) -> Iterator[int]:
-        start = self._rank
-        yield from itertools.islice(self._infinite_indices(), start, None, self._world_size)
+        super().__init__(shuffle, seed)
 
     def _infinite_indices(self) -> Iterator[int]:
         g = torch.Generator()
@@ -97,7 +108,7 @@ class RandomSubsetTrainingSampler(TrainingSampler):
                 yield from self._indexes_subset.tolist()
 
 
-class RepeatFactorTrainingSampler(Sampler):
+class RepeatFactorTrainingSampler(_InfiniteShardedSampler):
     """Infinite sampler that repeats image ``i`` ``repeat_factors[i]`` times per epoch
     on average (LVIS-style class-balanced repeat sampling): the integer part always,
     plus one more with probability equal to the fractional part (stochastic rounding,
@@ -113,12 +124,7 @@ class RepeatFactorTrainingSampler(Sampler):
         repeat_factors = torch.as_tensor(repeat_factors, dtype=torch.float32)
         if repeat_factors.ndim != 1 or len(repeat_factors) == 0:
             raise ValueError(f"repeat_factors must be a non-empty 1-D tensor, got shape {tuple(repeat_factors.shape)}.")
-        self._shuffle = shuffle
-        if seed is None:
-            seed = comm.shared_random_seed()
-        self._seed = int(seed)
-        self._rank = comm.get_rank()
-        self._world_size = comm.get_world_size()
+        super().__init__(shuffle, seed)
         self._int_part = torch.trunc(repeat_factors)
         self._frac_part = repeat_factors - self._int_part
 
@@ -160,10 +166,6 @@ class RepeatFactorTrainingSampler(Sampler):
         rands = torch.rand(len(self._frac_part), generator=generator)
         rep_factors = self._int_part + (rands < self._frac_part).float()
         return torch.repeat_interleave(torch.arange(len(rep_factors)), rep_factors.long())
-
-    def __iter__(self) -> Iterator[int]:
-        start = self._rank
-        yield from itertools.islice(self._infinite_indices(), start, None, self._world_size)
 
     def _infinite_indices(self) -> Iterator[int]:
         g = torch.Generator()
