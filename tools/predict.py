@@ -24,7 +24,6 @@ from PIL import Image
 
 from d2lite.checkpoint import DetectionCheckpointer
 from d2lite.config import instantiate
-from d2lite.data import MetadataCatalog
 from d2lite.data import transforms as T
 from d2lite.data.detection_utils import read_image
 from d2lite.utils.visualizer import draw_boxes

@@ -5,7 +5,6 @@ import operator
 from collections import Counter
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 import torch.utils.data as torchdata
 

@@ -3,7 +3,7 @@ import itertools
 import logging
 import pickle
 import random
-from typing import Any, Callable, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Iterable, Iterator, List
 
 import numpy as np
 import torch.utils.data as data
