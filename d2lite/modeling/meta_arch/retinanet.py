@@ -169,7 +169,7 @@ class RetinaNet(DenseDetector):
         gt_labels = torch.stack(gt_labels)  # (N, R)
 
         valid_mask = gt_labels >= 0
-        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        pos_mask = valid_mask & (gt_labels != self.num_classes)
         num_pos_anchors = pos_mask.sum().item()
         get_event_storage().put_scalar("num_pos_anchors", num_pos_anchors / num_images)
         normalizer = self._ema_update(
