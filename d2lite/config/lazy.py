@@ -624,7 +624,8 @@ class _PyWriter:
                 return opener, [(f"{k}=", v) for k, v in rest], ")"
             if "_target_" not in obj:
                 return "{", [(f"{k!r}: ", v) for k, v in rest], "}"
-            odd = {k: v for k, v in rest if (k, v) not in ident}
+            ident_keys = {k for k, _ in ident}
+            odd = {k: v for k, v in rest if k not in ident_keys}
             return opener, [(f"{k}=", v) for k, v in ident] + [("**", odd)], ")"
         if isinstance(obj, list):
             return "[", [("", v) for v in obj], "]"
