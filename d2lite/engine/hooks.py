@@ -199,11 +199,19 @@ class PeriodicWriter(HookBase):
                 writer.write()
 
     def after_train(self) -> None:
+        # If any new data is found (e.g. produced by other after_train), write it before
+        # closing. A writer that fails must not cost the others their last write or close.
+        error: Optional[BaseException] = None
         for writer in self._writers:
-            # If any new data is found (e.g. produced by other after_train),
-            # write them before closing
-            writer.write()
-            writer.close()
+            try:
+                writer.write()
+            except Exception as e:
+                logger.exception(f"PeriodicWriter: {type(writer).__name__}.write() failed after training.")
+                error = error or e
+            finally:
+                writer.close()
+        if error is not None:
+            raise error
 
 
 class PeriodicCheckpointer(_PeriodicCheckpointer, HookBase):

@@ -235,6 +235,30 @@ def test_periodic_writer_writes_and_closes():
         hooks.PeriodicWriter([object()])
 
 
+def test_periodic_writer_failing_writer_does_not_cost_the_others_their_last_write(tmp_path):
+    class Broken(EventWriter):
+        closed = False
+
+        def write(self):
+            if t.iter == t.max_iter:
+                raise OSError("disk full")
+
+        def close(self):
+            Broken.closed = True
+
+    t = _trainer()
+    path = tmp_path / "metrics.json"
+    t.register_hooks([
+        hooks.CallbackHook(after_train=lambda tr: tr.storage.put_scalar("final", 1.0, smoothing_hint=False)),
+        hooks.PeriodicWriter([Broken(), JSONWriter(str(path), window_size=1)], period=100),
+    ])
+    with pytest.raises(OSError, match="disk full"):
+        t.train(0, 3)
+    assert Broken.closed
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["iteration"] for line in lines] == [2, 3] and lines[-1]["final"] == 1.0
+
+
 def test_periodic_writer_json_end_to_end(tmp_path):
     t = _trainer()
     sched = torch.optim.lr_scheduler.StepLR(t.optimizer, step_size=2, gamma=0.5)
