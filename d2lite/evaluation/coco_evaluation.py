@@ -272,13 +272,15 @@ class COCOEvaluator(DatasetEvaluator):
                 f"Dataset '{self._dataset_name}' has {len(class_names)} thing_classes but its json "
                 f"has {precisions.shape[2]} categories."
             )
-        per_category = []
-        for idx, name in enumerate(class_names):
+        # COCOeval's category axis follows its sorted json category ids; the class of
+        # each is given by thing_dataset_id_to_contiguous_id (not necessarily monotonic).
+        ap_of_class = {}
+        for k, cat_id in enumerate(coco_eval.params.catIds):
             # area range "all", the largest max-dets setting
-            precision = precisions[:, :, idx, 0, -1]
+            precision = precisions[:, :, k, 0, -1]
             precision = precision[precision > -1]
-            ap = float(np.mean(precision)) * 100 if precision.size else float("nan")
-            per_category.append((name, ap))
+            ap_of_class[self._id_map[cat_id]] = float(np.mean(precision)) * 100 if precision.size else float("nan")
+        per_category = [(name, ap_of_class[idx]) for idx, name in enumerate(class_names)]
 
         n_cols = min(6, len(per_category) * 2)
         flat = [x for name, ap in per_category for x in (name, f"{ap:.3f}")]

@@ -244,6 +244,26 @@ def test_mapping_derived_from_json_when_metadata_lacks_it(tmp_path):
         MetadataCatalog.remove(name)
 
 
+def test_per_class_ap_follows_a_non_monotonic_id_mapping(tmp_path):
+    """Contiguous classes in another order than the json's sorted category ids."""
+    (tmp_path / "i.json").write_text(json.dumps(_coco_dict()))
+    name = f"eval_test_{uuid.uuid4().hex[:8]}"
+    register_coco_instances(name, {}, str(tmp_path / "i.json"), str(tmp_path))
+    MetadataCatalog.get(name).set(thing_classes=["bird", "cat", "dog"],
+                                  thing_dataset_id_to_contiguous_id={90: 0, 1: 1, 5: 2})
+    try:
+        birds = {
+            img_id: [(0, [x, y, x + w, y + h], 1.0) for cat, (x, y, w, h) in objs if cat == 90]
+            for img_id, (_, _, objs) in IMAGES.items()
+        }
+        results = _evaluate(name, birds, distributed=False)["bbox"]
+        assert results["AP-bird"] == pytest.approx(100.0)
+        assert results["AP-cat"] == pytest.approx(0.0) and results["AP-dog"] == pytest.approx(0.0)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
 def test_dataset_without_json_is_converted(tmp_path):
     name = f"eval_test_{uuid.uuid4().hex[:8]}"
     dicts = []
