@@ -10,6 +10,7 @@ import torch
 
 from d2lite.engine import launch
 from d2lite.engine.launch import torchrun_env
+from helpers import retry_once
 
 _SCRIPT = textwrap.dedent(
     '''
@@ -133,9 +134,11 @@ def _check_two_process_result(infos, ref):
 def test_two_cpu_processes_match_one_process_with_double_batch(script, tmp_path):
     ref = _single_process_reference(script, tmp_path)
     out = tmp_path / "spawn.json"
-    subprocess.run(
-        [sys.executable, str(script), str(out), "spawn"], check=True, env=_env(), timeout=240, cwd=tmp_path
-    )
+    proc = retry_once(lambda: subprocess.run(
+        [sys.executable, str(script), str(out), "spawn"], env=_env(), timeout=240, cwd=tmp_path,
+        capture_output=True, text=True,
+    ))
+    assert proc.returncode == 0, proc.stderr[-5000:]
     _check_two_process_result(json.loads(out.read_text()), ref)
 
 
@@ -143,13 +146,14 @@ def test_two_cpu_processes_match_one_process_with_double_batch(script, tmp_path)
 def test_torchrun_two_processes(script, tmp_path):
     ref = _single_process_reference(script, tmp_path)
     out = tmp_path / "torchrun.json"
-    subprocess.run(
+    proc = retry_once(lambda: subprocess.run(
         [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             str(script), str(out), "torchrun",
         ],
-        check=True, env=_env(), timeout=240, cwd=tmp_path,
-    )
+        env=_env(), timeout=240, cwd=tmp_path, capture_output=True, text=True,
+    ))
+    assert proc.returncode == 0, proc.stderr[-5000:]
     _check_two_process_result(json.loads(out.read_text()), ref)
 
 

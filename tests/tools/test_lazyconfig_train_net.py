@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from helpers import QUICK_CONFIG, SHORT, run_tool
+from helpers import QUICK_CONFIG, SHORT, retry_once, run_tool
 
 pytestmark = pytest.mark.slow
 
@@ -133,8 +133,8 @@ def test_two_cpu_processes(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("runs the CPU (gloo) path")
     out = tmp_path / "ddp"
-    proc = run_tool("lazyconfig_train_net.py", "--num-gpus", "2", "--config-file", QUICK_CONFIG, *SHORT,
-                    f"train.output_dir={out}")
+    proc = retry_once(lambda: run_tool("lazyconfig_train_net.py", "--num-gpus", "2", "--config-file", QUICK_CONFIG,
+                                       *SHORT, f"train.output_dir={out}"))
     assert proc.returncode == 0, proc.stderr[-5000:]
     console = proc.stdout + proc.stderr
     assert "World size: 2" in console or "world size: 2" in console.lower(), console[-3000:]
