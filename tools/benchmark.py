@@ -22,7 +22,7 @@ import torch
 
 from d2lite.config import instantiate
 from d2lite.utils.env import seed_all_rng
-from lazyconfig_train_net import ConfigError, load_config
+from lazyconfig_train_net import ConfigError, build_model, load_config
 
 
 def _median_time(fn, num_iter: int, warmup: int) -> float:
@@ -43,7 +43,7 @@ def benchmark_data(cfg, args) -> str:
 
 
 def benchmark_train(cfg, args) -> str:
-    model = instantiate(cfg.model).to(cfg.train.device).train()
+    model = build_model(cfg).train()
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
     loader = iter(instantiate(cfg.dataloader.train))
@@ -64,7 +64,7 @@ def benchmark_train(cfg, args) -> str:
 
 
 def benchmark_eval(cfg, args) -> str:
-    model = instantiate(cfg.model).to(cfg.train.device).eval()
+    model = build_model(cfg).eval()
     batches = list(itertools.islice(iter(instantiate(cfg.dataloader.test)), 8))
     cycle = itertools.cycle(batches)
     with torch.no_grad():

@@ -27,7 +27,7 @@ from d2lite.config import instantiate
 from d2lite.data import transforms as T
 from d2lite.data.detection_utils import read_image
 from d2lite.utils.visualizer import draw_boxes
-from lazyconfig_train_net import ConfigError, _class_names, load_config
+from lazyconfig_train_net import ConfigError, _class_names, build_model, load_config
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
@@ -52,7 +52,7 @@ class Predictor:
     """Model + test-time resize of a LazyConfig; ``predictor(bgr_or_rgb_image)`` -> Instances."""
 
     def __init__(self, cfg):
-        self.model = instantiate(cfg.model).to(cfg.train.device).eval()
+        self.model = build_model(cfg).eval()
         if not cfg.train.init_checkpoint:
             raise ConfigError("set train.init_checkpoint=PATH to the weights to run")
         DetectionCheckpointer(self.model).load(cfg.train.init_checkpoint)
