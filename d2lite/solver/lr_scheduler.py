@@ -231,7 +231,31 @@ def _get_warmup_factor_at_iter(
     raise ValueError(f"Unknown warmup method: {method!r}; use one of {_WARMUP_METHODS}.")
 
 
-class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
+class _WarmupLR(torch.optim.lr_scheduler.LRScheduler):
+    """``lr(iter) = base_lr * warmup_factor(iter) * self._decay(iter)``: the legacy schedulers below."""
+
+    def __init__(self, optimizer, warmup_factor: float, warmup_iters: int, warmup_method: str, last_epoch: int):
+        _check_warmup_method(warmup_method)
+        self.warmup_factor = warmup_factor
+        self.warmup_iters = warmup_iters
+        self.warmup_method = warmup_method
+        super().__init__(optimizer, last_epoch)
+
+    def _decay(self, it: int) -> float:
+        raise NotImplementedError
+
+    def get_lr(self) -> List[float]:
+        factor = _get_warmup_factor_at_iter(
+            self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor
+        )
+        decay = self._decay(self.last_epoch)
+        return [base_lr * factor * decay for base_lr in self.base_lrs]
+
+    def _get_closed_form_lr(self) -> List[float]:
+        return self.get_lr()
+
+
+class WarmupMultiStepLR(_WarmupLR):
     """Step decay with warmup (legacy detectron2 scheduler).
 
     ``lr(iter) = base_lr * warmup_factor(iter) * gamma ** bisect_right(milestones, iter)``
@@ -264,26 +288,15 @@ class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
                 f"WarmupMultiStepLR: milestones should be a list of increasing integers. "
                 f"Got {list(milestones)}."
             )
-        _check_warmup_method(warmup_method)
         self.milestones = list(milestones)
         self.gamma = gamma
-        self.warmup_factor = warmup_factor
-        self.warmup_iters = warmup_iters
-        self.warmup_method = warmup_method
-        super().__init__(optimizer, last_epoch)
+        super().__init__(optimizer, warmup_factor, warmup_iters, warmup_method, last_epoch)
 
-    def get_lr(self) -> List[float]:
-        factor = _get_warmup_factor_at_iter(
-            self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor
-        )
-        decay = self.gamma ** bisect_right(self.milestones, self.last_epoch)
-        return [base_lr * factor * decay for base_lr in self.base_lrs]
-
-    def _get_closed_form_lr(self) -> List[float]:
-        return self.get_lr()
+    def _decay(self, it: int) -> float:
+        return self.gamma ** bisect_right(self.milestones, it)
 
 
-class WarmupCosineLR(torch.optim.lr_scheduler.LRScheduler):
+class WarmupCosineLR(_WarmupLR):
     """Half-cosine decay to 0 multiplied by a warmup factor (legacy detectron2).
 
     ``lr(iter) = base_lr * warmup_factor(iter) * 0.5 * (1 + cos(pi * iter / max_iters))``.
@@ -310,19 +323,8 @@ class WarmupCosineLR(torch.optim.lr_scheduler.LRScheduler):
         """
         if max_iters <= 0:
             raise ValueError(f"WarmupCosineLR: max_iters must be > 0, got {max_iters}.")
-        _check_warmup_method(warmup_method)
         self.max_iters = max_iters
-        self.warmup_factor = warmup_factor
-        self.warmup_iters = warmup_iters
-        self.warmup_method = warmup_method
-        super().__init__(optimizer, last_epoch)
+        super().__init__(optimizer, warmup_factor, warmup_iters, warmup_method, last_epoch)
 
-    def get_lr(self) -> List[float]:
-        factor = _get_warmup_factor_at_iter(
-            self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor
-        )
-        cosine = 0.5 * (1.0 + math.cos(math.pi * self.last_epoch / self.max_iters))
-        return [base_lr * factor * cosine for base_lr in self.base_lrs]
-
-    def _get_closed_form_lr(self) -> List[float]:
-        return self.get_lr()
+    def _decay(self, it: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * it / self.max_iters))
