@@ -47,7 +47,8 @@ _SCRIPT = textwrap.dedent(
 
 
     def main(out, num_iter):
-        torch.set_num_threads(1)
+        # one intra-op thread in the child processes comes from OMP_NUM_THREADS (_env());
+        # main() also runs inside the test process (world size 1), where it must not change it
         rank, world = comm.get_rank(), comm.get_world_size()
         net = Net()
         model = create_ddp_model(net)

@@ -176,7 +176,7 @@ def _free_port() -> int:
 def _syncbn_worker(rank: int, world_size: int, port: int, norm: str, x: torch.Tensor, result_dir: str):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # a spawned child process: the test process keeps its thread count
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(0)
