@@ -14,6 +14,7 @@ Every test runs with the same process-global torch state, whatever ran before it
 * ``--shuffle-seed S`` runs the tests in a random order drawn from ``S``
   (finds order dependence; the order is printed in the header).
 """
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ The LazyConfig files under ``configs/`` are copied into the built package as
 ``d2lite/model_zoo/configs`` so that ``d2lite.model_zoo.get_config`` finds them
 after a regular install; an editable install reads them from the repository.
 """
+
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,9 @@ setup(
         "numpy",
         "Pillow",
     ],
-    extras_require={"tests": ["pytest"]},
+    extras_require={
+        # ruff: the formatter and linter that .ci/run checks (pinned: its rules change between releases)
+        "tests": ["pytest", "ruff==0.17.6"],
+    },
     cmdclass={"build_py": BuildPyWithConfigs},
 )

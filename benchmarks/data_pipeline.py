@@ -4,6 +4,7 @@ train loader, on synthetic 640x480 JPEGs with 5 boxes each.
 Run: OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/data_pipeline.py
 Prints median milliseconds per image over 5 repeats (results in benchmarks/data_pipeline.md).
 """
+
 import itertools
 import os
 import statistics
@@ -30,7 +31,12 @@ def make_dataset(root: str):
         path = os.path.join(root, f"{i}.jpg")
         Image.fromarray(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(path, quality=90)
         annos = [
-            {"bbox": [float(x), float(y), 50.0, 40.0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": int(c), "iscrowd": 0}
+            {
+                "bbox": [float(x), float(y), 50.0, 40.0],
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": int(c),
+                "iscrowd": 0,
+            }
             for x, y, c in zip(rng.integers(0, 580, 5), rng.integers(0, 430, 5), rng.integers(0, 80, 5))
         ]
         dicts.append({"file_name": path, "height": 480, "width": 640, "image_id": i, "annotations": annos})
@@ -64,8 +70,12 @@ def main() -> None:
         }
         for workers in (0, 2):
             loader = build_detection_train_loader(
-                dicts, mapper=mapper, sampler=TrainingSampler(len(dicts), seed=0), total_batch_size=2,
-                aspect_ratio_grouping=True, num_workers=workers,
+                dicts,
+                mapper=mapper,
+                sampler=TrainingSampler(len(dicts), seed=0),
+                total_batch_size=2,
+                aspect_ratio_grouping=True,
+                num_workers=workers,
             )
             it = iter(loader)
             next(it)  # start workers outside the timing

@@ -10,6 +10,7 @@ difference between the variants is what the engine adds per iteration:
 
 Run:  OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/engine.py
 """
+
 import logging
 import statistics
 import tempfile

@@ -15,6 +15,7 @@ Usage:
 
 Reports medians over --runs timed runs after one warm-up run.
 """
+
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -52,7 +53,9 @@ def build_model() -> RetinaNet:
         freeze_at=2,
     )
     backbone = FPN(
-        bottom_up=bottom_up, in_features=["res3", "res4", "res5"], out_channels=256,
+        bottom_up=bottom_up,
+        in_features=["res3", "res4", "res5"],
+        out_channels=256,
         top_block=LastLevelP6P7(in_channels=2048, out_channels=256),
     )
     head = RetinaNetHead(
@@ -64,7 +67,9 @@ def build_model() -> RetinaNet:
         head_in_features=["p3", "p4", "p5", "p6", "p7"],
         anchor_generator=DefaultAnchorGenerator(
             sizes=[[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [32, 64, 128, 256, 512]],
-            aspect_ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32, 64, 128], offset=0.0,
+            aspect_ratios=[0.5, 1.0, 2.0],
+            strides=[8, 16, 32, 64, 128],
+            offset=0.0,
         ),
         box2box_transform=Box2BoxTransform(weights=[1.0, 1.0, 1.0, 1.0]),
         anchor_matcher=Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True),
@@ -83,7 +88,9 @@ def make_inputs(n: int, h: int, w: int, with_gt: bool) -> List[Dict]:
             xy = torch.rand(3, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
             wh = 32 + torch.rand(3, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3])
             d["instances"] = Instances(
-                (h, w), gt_boxes=Boxes(torch.cat([xy, xy + wh], dim=1)), gt_classes=torch.randint(0, 80, (3,), generator=g)
+                (h, w),
+                gt_boxes=Boxes(torch.cat([xy, xy + wh], dim=1)),
+                gt_classes=torch.randint(0, 80, (3,), generator=g),
             )
         inputs.append(d)
     return inputs
@@ -227,7 +234,7 @@ def main():
             inputs = make_inputs(1, h, w, with_gt=False)
             calibrate_frozen_bn(model, inputs)
             calibrate_outputs(model, inputs)
-            t = median_time(lambda: model(inputs), args.runs)
+            t = median_time(lambda inputs=inputs: model(inputs), args.runs)
             timer = PhaseTimer()
             split_inference(model, inputs, timer)
             timer.times.clear()

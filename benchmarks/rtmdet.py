@@ -9,6 +9,7 @@ matching), measured in the same run. Peak memory: analytic size of the largest
 simultaneously-live intermediates, plus the measured peak RSS increase of a fresh
 subprocess running one assignment. Results: benchmarks/rtmdet.md.
 """
+
 import argparse
 import json
 import math
@@ -128,36 +129,55 @@ def assigner_bench(gt_counts, reps):
         ours = assigner.assign(*case).gt_inds
         ref = dense_mmdet_assign(*case)
         same = bool(torch.equal(ours, ref))
-        t_ours = median_time(lambda: assigner.assign(*case), reps)
-        t_dense = median_time(lambda: dense_mmdet_assign(*case), max(3, reps // 3))
+        t_ours = median_time(lambda case=case: assigner.assign(*case), reps)
+        t_dense = median_time(lambda case=case: dense_mmdet_assign(*case), max(3, reps // 3))
         v = num_valid(case[2], case[3])
         # analytic peak of live intermediates, float32
         dense_bytes = 5 * v * num_gt * NUM_CLASSES * 4  # onehot, scores repeat, soft label, scale, BCE
         ours_bytes = (3 * v * NUM_CLASSES + 10 * v * num_gt) * 4
         rss = {}
         for impl in ("ours", "dense"):
-            out = subprocess.run(
-                [sys.executable, __file__, "--rss-child", impl, str(num_gt)],
-                capture_output=True, text=True, check=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
-            ).stdout.strip().splitlines()[-1]
+            out = (
+                subprocess.run(
+                    [sys.executable, __file__, "--rss-child", impl, str(num_gt)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+                )
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             rss[impl] = json.loads(out)["rss_mib"]
         rows.append(
-            dict(gts=num_gt, valid=v, ours_ms=t_ours * 1e3, dense_ms=t_dense * 1e3, speedup=t_dense / t_ours,
-                 same=same, ours_mib=ours_bytes / 2**20, dense_mib=dense_bytes / 2**20,
-                 ours_rss=rss["ours"], dense_rss=rss["dense"])
+            dict(
+                gts=num_gt,
+                valid=v,
+                ours_ms=t_ours * 1e3,
+                dense_ms=t_dense * 1e3,
+                speedup=t_dense / t_ours,
+                same=same,
+                ours_mib=ours_bytes / 2**20,
+                dense_mib=dense_bytes / 2**20,
+                ours_rss=rss["ours"],
+                dense_rss=rss["dense"],
+            )
         )
         print(rows[-1], flush=True)
     return rows
 
 
 def model_bench(reps, batch):
+    from rtmdet_testing import tiny_rtmdet
+
     from d2lite.solver import get_default_optimizer_params
     from d2lite.structures import Boxes, Instances
-    from rtmdet_testing import tiny_rtmdet
 
     torch.manual_seed(0)
     model = tiny_rtmdet(num_classes=80)
-    opt = torch.optim.AdamW(get_default_optimizer_params(model, weight_decay_norm=0.0, weight_decay_bias=0.0), lr=0.004, weight_decay=0.05)
+    opt = torch.optim.AdamW(
+        get_default_optimizer_params(model, weight_decay_norm=0.0, weight_decay_bias=0.0), lr=0.004, weight_decay=0.05
+    )
     g = torch.Generator().manual_seed(0)
     inputs = []
     for i in range(batch):
@@ -188,19 +208,27 @@ def main():
     if args.rss_child:
         _rss_child(args.rss_child[0], int(args.rss_child[1]))
         return
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+    )
     reps = 5 if args.quick else 15
     rows = assigner_bench([10, 50, 200], reps)
-    print("| gts | valid priors | ours (ms) | dense mmdet-style (ms) | speed-up | same assignment | "
-          "est. peak ours / dense (MiB) | measured RSS increase ours / dense (MiB) |")
+    print(
+        "| gts | valid priors | ours (ms) | dense mmdet-style (ms) | speed-up | same assignment | "
+        "est. peak ours / dense (MiB) | measured RSS increase ours / dense (MiB) |"
+    )
     print("|---:|---:|---:|---:|---:|:---:|---:|---:|")
     for r in rows:
-        print(f"| {r['gts']} | {r['valid']} | {r['ours_ms']:.1f} | {r['dense_ms']:.1f} | {r['speedup']:.1f}x | "
-              f"{'yes' if r['same'] else 'NO'} | {r['ours_mib']:.1f} / {r['dense_mib']:.0f} | "
-              f"{r['ours_rss']:.0f} / {r['dense_rss']:.0f} |")
+        print(
+            f"| {r['gts']} | {r['valid']} | {r['ours_ms']:.1f} | {r['dense_ms']:.1f} | {r['speedup']:.1f}x | "
+            f"{'yes' if r['same'] else 'NO'} | {r['ours_mib']:.1f} / {r['dense_mib']:.0f} | "
+            f"{r['ours_rss']:.0f} / {r['dense_rss']:.0f} |"
+        )
     m = model_bench(3 if args.quick else 5, batch=2)
-    print(f"RTMDet-tiny 640x640: train step (batch {m['batch']}, fwd+bwd+AdamW) median {m['train_step_s']:.2f} s; "
-          f"inference (batch 1) median {m['inference_s']:.3f} s")
+    print(
+        f"RTMDet-tiny 640x640: train step (batch {m['batch']}, fwd+bwd+AdamW) median {m['train_step_s']:.2f} s; "
+        f"inference (batch 1) median {m['inference_s']:.3f} s"
+    )
 
 
 if __name__ == "__main__":

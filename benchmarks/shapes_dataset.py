@@ -3,6 +3,7 @@
 Run: OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/shapes_dataset.py [--repeats 3]
 Writes nothing outside a temporary folder; prints a markdown summary.
 """
+
 import argparse
 import os
 import statistics
@@ -40,7 +41,7 @@ def main() -> None:
         render_times.append((time.perf_counter() - start) / 200 * 1200)
 
     areas, longest, counts, cats, sides, vis = [], [], [], [], [], []
-    for split, num, seed in SHAPES_SPLITS.values():
+    for _split, num, seed in SHAPES_SPLITS.values():
         for i in range(num):
             s = render_shapes_image(seed, i)
             a = s.masks.sum(axis=(1, 2))
@@ -52,10 +53,14 @@ def main() -> None:
             sides.append(s.image.shape[:2])
     areas, longest, vis, sides = map(np.asarray, (areas, longest, vis, sides))
 
-    print(f"| generate 1200 images (train+val, files + json), median of {args.repeats} | {statistics.median(gen_times):.2f} s |")
+    print(
+        f"| generate 1200 images (train+val, files + json), median of {args.repeats} | {statistics.median(gen_times):.2f} s |"
+    )
     print(f"| of which rendering only (no files) | {statistics.median(render_times):.2f} s |")
     print(f"| JPEG decode (PIL, to RGB array) | {decode_ms:.2f} ms / image, {size_kb:.1f} KB / image |")
-    print(f"| objects | {len(areas)} ({len(areas) / len(counts):.2f} per image; per-image counts 1..6: {np.bincount(counts, minlength=7)[1:].tolist()}) |")
+    print(
+        f"| objects | {len(areas)} ({len(areas) / len(counts):.2f} per image; per-image counts 1..6: {np.bincount(counts, minlength=7)[1:].tolist()}) |"
+    )
     print(f"| classes circle/square/triangle | {np.bincount(cats, minlength=4)[1:].tolist()} |")
     print(
         f"| COCO area (visible pixels) small/medium/large | {(areas < 32**2).mean():.3f} / "

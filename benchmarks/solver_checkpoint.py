@@ -7,6 +7,7 @@
 
 Run: OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/solver_checkpoint.py
 """
+
 import re
 import statistics
 import tempfile
@@ -27,13 +28,17 @@ _BRANCH = {"conv1": "2a", "conv2": "2b", "conv3": "2c", "shortcut": "1"}
 
 
 def build():
-    resnet = ResNet(BasicStem(norm="FrozenBN"), ResNet.make_default_stages(50, norm="FrozenBN"),
-                    out_features=["res3", "res4", "res5"])
+    resnet = ResNet(
+        BasicStem(norm="FrozenBN"),
+        ResNet.make_default_stages(50, norm="FrozenBN"),
+        out_features=["res3", "res4", "res5"],
+    )
     fpn = FPN(resnet, ["res3", "res4", "res5"], 256, top_block=LastLevelP6P7(2048, 256, "res5"))
     model = nn.Module()
     model.backbone = fpn
-    model.head = RetinaNetHead(input_shape=[ShapeSpec(channels=256)] * 5, num_classes=80,
-                               num_anchors=9, conv_dims=[256] * 4)
+    model.head = RetinaNetHead(
+        input_shape=[ShapeSpec(channels=256)] * 5, num_classes=80, num_anchors=9, conv_dims=[256] * 4
+    )
     return model
 
 
@@ -78,8 +83,10 @@ def main():
         plain = Checkpointer(model, d, save_to_disk=True)
         t_atomic = timeit(lambda: atomic.save("atomic"), 5)
         t_plain = timeit(lambda: plain.save("plain"), 5)
-    print(f"save ({n_params * 4 / 2**20:.0f} MiB): atomic median {t_atomic * 1e3:.0f} ms, "
-          f"fvcore plain median {t_plain * 1e3:.0f} ms, ratio {t_atomic / t_plain:.2f}")
+    print(
+        f"save ({n_params * 4 / 2**20:.0f} MiB): atomic median {t_atomic * 1e3:.0f} ms, "
+        f"fvcore plain median {t_plain * 1e3:.0f} ms, ratio {t_atomic / t_plain:.2f}"
+    )
 
 
 if __name__ == "__main__":

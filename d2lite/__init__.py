@@ -1,4 +1,5 @@
 """d2lite: a small, readable, detectron2-style object detection codebase."""
+
 import warnings
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
 """Fixtures shared by the tests of several packages."""
+
 import os
 import sys
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Helpers shared by tests of several packages (importable: tests/ is put on sys.path by conftest.py)."""
+
 import json
 import os
 import subprocess
@@ -34,7 +35,11 @@ def run_tool(script: str, *args: str, timeout: float = 600) -> subprocess.Comple
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "tools" / script), *args],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -47,10 +52,14 @@ def retry_once(run: Callable[[], subprocess.CompletedProcess]) -> subprocess.Com
     """
     proc = run()
     if proc.returncode != 0:
-        warnings.warn(f"multi-process run failed once (rc={proc.returncode}), retrying; stderr tail:\n"
-                      f"{(proc.stderr or '')[-2000:]}")
+        warnings.warn(
+            f"multi-process run failed once (rc={proc.returncode}), retrying; stderr tail:\n"
+            f"{(proc.stderr or '')[-2000:]}",
+            stacklevel=2,
+        )
         proc = run()
     return proc
+
 
 def write_coco_fixture(root: Path, split: str = "train2017", num_images: int = 4, seed: int = 0) -> Path:
     """Write a tiny COCO-format dataset under ``root``: ``annotations/instances_<split>.json``
@@ -68,10 +77,16 @@ def write_coco_fixture(root: Path, split: str = "train2017", num_images: int = 4
             x0, y0 = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
             bw, bh = int(rng.integers(15, 40)), int(rng.integers(15, 40))
             pixels[y0 : y0 + bh, x0 : x0 + bw] = 200 + 20 * j
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": i + 1, "category_id": categories[(i + j) % 3]["id"],
-                "bbox": [x0, y0, bw, bh], "area": bw * bh, "iscrowd": 0,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": categories[(i + j) % 3]["id"],
+                    "bbox": [x0, y0, bw, bh],
+                    "area": bw * bh,
+                    "iscrowd": 0,
+                }
+            )
         name = f"{i:06d}.jpg"
         Image.fromarray(pixels).save(image_dir / name, quality=95)
         images.append({"id": i + 1, "file_name": name, "height": h, "width": w})

@@ -12,16 +12,17 @@ FLOPs count the backbone and head (post-processing excluded), one image of
 first ``--num-inputs`` test images when ``--use-test-data`` is given.
 fvcore counts one fused multiply-add as one flop.
 """
+
 import argparse
 import logging
 import sys
 
 import torch
 from fvcore.nn import FlopCountAnalysis, parameter_count, parameter_count_table
+from lazyconfig_train_net import ConfigError, load_config
 from torch import nn
 
 from d2lite.config import instantiate
-from lazyconfig_train_net import ConfigError, load_config
 
 logger = logging.getLogger("d2lite.analyze_model")
 
@@ -77,8 +78,10 @@ def main(argv=None) -> int:
                 flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
                 totals.append(flops.total())
                 shape = tuple(images.shape[-2:])
-        print(f"FLOPs (backbone + head, fused multiply-adds): {sum(totals) / len(totals) / 1e9:.3f} G "
-              f"per image (last input {shape[0]}x{shape[1]}, {len(totals)} input(s))")
+        print(
+            f"FLOPs (backbone + head, fused multiply-adds): {sum(totals) / len(totals) / 1e9:.3f} G "
+            f"per image (last input {shape[0]}x{shape[1]}, {len(totals)} input(s))"
+        )
     return 0
 
 

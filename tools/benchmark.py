@@ -12,6 +12,7 @@ training iterations on batches held in memory (so data loading is excluded),
 ``eval`` times model inference on test images held in memory. Reported times
 are medians over ``--num-iter`` iterations after ``--warmup`` iterations.
 """
+
 import argparse
 import itertools
 import statistics
@@ -19,10 +20,10 @@ import sys
 import time
 
 import torch
+from lazyconfig_train_net import ConfigError, build_model, load_config
 
 from d2lite.config import instantiate
 from d2lite.utils.env import seed_all_rng
-from lazyconfig_train_net import ConfigError, build_model, load_config
 
 
 def _median_time(fn, num_iter: int, warmup: int) -> float:

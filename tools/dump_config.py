@@ -9,11 +9,13 @@ Examples::
 The YAML loads back with ``LazyConfig.load`` (and trains with
 ``tools/lazyconfig_train_net.py --config-file my_config.yaml``).
 """
+
 import argparse
 import sys
 
-from d2lite.config import LazyConfig
 from lazyconfig_train_net import ConfigError, load_config
+
+from d2lite.config import LazyConfig
 
 
 def main(argv=None) -> int:

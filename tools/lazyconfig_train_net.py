@@ -19,6 +19,7 @@ Examples::
     # 2 processes on one machine (GPUs, or gloo processes on CPU); torchrun also works
     python tools/lazyconfig_train_net.py --config-file ... --num-gpus 2
 """
+
 import copy
 import itertools
 import logging
@@ -31,6 +32,7 @@ import torch
 from d2lite.checkpoint import DetectionCheckpointer
 from d2lite.config import LazyCall as L
 from d2lite.config import LazyConfig, instantiate
+from d2lite.data import get_detection_dataset_dicts
 from d2lite.engine import (
     AMPTrainer,
     SimpleTrainer,
@@ -41,7 +43,6 @@ from d2lite.engine import (
     hooks,
     launch,
 )
-from d2lite.data import get_detection_dataset_dicts
 from d2lite.evaluation import inference_context, inference_on_dataset, print_csv_format
 from d2lite.modeling.ema import ModelEMA
 from d2lite.solver import LRMultiplier
@@ -68,8 +69,10 @@ def load_config(args):
         raise ConfigError(f"{type(e).__name__}: {message}") from e
     for section in ("model", "train"):
         if section not in cfg:
-            raise ConfigError(f"{args.config_file} defines no `{section}`; a LazyConfig for this tool needs "
-                              "model, dataloader, optimizer, lr_multiplier and train")
+            raise ConfigError(
+                f"{args.config_file} defines no `{section}`; a LazyConfig for this tool needs "
+                "model, dataloader, optimizer, lr_multiplier and train"
+            )
     device = str(cfg.train.get("device", "cpu"))
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
@@ -79,7 +82,9 @@ def load_config(args):
     return cfg
 
 
-def _visualize_batches(data_loader: Iterable, period: int, input_format: str, class_names, num_images: int = 2) -> Iterator:
+def _visualize_batches(
+    data_loader: Iterable, period: int, input_format: str, class_names, num_images: int = 2
+) -> Iterator:
     """Yield the loader's batches; every ``period`` iterations put a few training
     images with their ground-truth boxes into the event storage (TensorBoard)."""
     for batch in data_loader:
@@ -191,7 +196,7 @@ def build_model(cfg):
 
 def do_train(args, cfg):
     model = build_model(cfg)
-    logger.info("Model:\n{}".format(model))
+    logger.info(f"Model:\n{model}")
     ema = build_ema(cfg, model)
 
     cfg.optimizer.params.model = model
@@ -228,9 +233,7 @@ def do_train(args, cfg):
             if val_loss.get("period", 0) > 0
             else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, eval_ema)),
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period
-            )
+            hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
             if comm.is_main_process()
             else None,
         ]

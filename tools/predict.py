@@ -11,6 +11,7 @@ Examples::
 output image shows the boxes with class name and score above
 ``--confidence-threshold``; ``predictions.json`` lists them (XYXY pixels).
 """
+
 import argparse
 import json
 import os
@@ -20,6 +21,7 @@ from typing import List
 
 import numpy as np
 import torch
+from lazyconfig_train_net import ConfigError, _class_names, build_model, load_config
 from PIL import Image
 
 from d2lite.checkpoint import DetectionCheckpointer
@@ -27,7 +29,6 @@ from d2lite.config import instantiate
 from d2lite.data import transforms as T
 from d2lite.data.detection_utils import read_image
 from d2lite.utils.visualizer import draw_boxes
-from lazyconfig_train_net import ConfigError, _class_names, build_model, load_config
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
@@ -95,10 +96,17 @@ def main(argv=None) -> int:
         drawn = draw_boxes(rgb, instances.pred_boxes, instances.pred_classes, instances.scores, class_names)
         out_file = Path(args.output) / (path.stem + ".png")
         Image.fromarray(drawn).save(out_file)
-        for box, score, cls in zip(instances.pred_boxes.tensor.tolist(), instances.scores.tolist(),
-                                   instances.pred_classes.tolist()):
-            records.append({"file_name": str(path), "box_xyxy": [round(v, 2) for v in box],
-                            "score": round(score, 4), "category": class_names[cls] if class_names else cls})
+        for box, score, cls in zip(
+            instances.pred_boxes.tensor.tolist(), instances.scores.tolist(), instances.pred_classes.tolist()
+        ):
+            records.append(
+                {
+                    "file_name": str(path),
+                    "box_xyxy": [round(v, 2) for v in box],
+                    "score": round(score, 4),
+                    "category": class_names[cls] if class_names else cls,
+                }
+            )
         print(f"{path}: {len(instances)} detections -> {out_file}")
     with open(Path(args.output) / "predictions.json", "w") as f:
         json.dump(records, f, indent=1)

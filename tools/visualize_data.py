@@ -9,18 +9,19 @@ Examples::
     # raw annotations from the dataset files
     python tools/visualize_data.py --config-file ... --source annotation --output-dir vis/
 """
+
 import argparse
 import os
 import sys
 
 import numpy as np
+from lazyconfig_train_net import ConfigError, _class_names, load_config
 from PIL import Image
 
 from d2lite.config import instantiate
 from d2lite.data.detection_utils import read_image
 from d2lite.structures import BoxMode
 from d2lite.utils.visualizer import draw_boxes, image_to_rgb
-from lazyconfig_train_net import ConfigError, _class_names, load_config
 
 
 def main(argv=None) -> int:
@@ -45,8 +46,9 @@ def main(argv=None) -> int:
         for batch in instantiate(cfg.dataloader.train):
             for d in batch:
                 inst = d["instances"]
-                img = draw_boxes(image_to_rgb(d["image"], input_format), inst.gt_boxes, inst.gt_classes,
-                                 class_names=class_names)
+                img = draw_boxes(
+                    image_to_rgb(d["image"], input_format), inst.gt_boxes, inst.gt_classes, class_names=class_names
+                )
                 name = f"{written:04d}_{os.path.splitext(os.path.basename(d['file_name']))[0]}.png"
                 Image.fromarray(img).save(os.path.join(args.output_dir, name))
                 written += 1

@@ -2,6 +2,7 @@
 
 detectron2 reference: 37.4 box AP (model_final_bfca0b.pkl).
 """
+
 from ..common.coco_schedule import lr_multiplier_1x as lr_multiplier
 from ..common.data.coco import dataloader
 from ..common.models.retinanet import model

@@ -1,4 +1,5 @@
 """COCO schedules: 1x = 90k iterations at batch 16, with 1000 linear warmup iterations."""
+
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from d2lite.config import LazyCall as L

@@ -1,4 +1,5 @@
 """Optimizers over d2lite's default parameter groups (no weight decay on norm layers)."""
+
 import torch
 
 from d2lite.config import LazyCall as L

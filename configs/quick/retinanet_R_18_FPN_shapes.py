@@ -9,6 +9,7 @@ from scratch, a 64-channel FPN on P3-P5 with anchors of 16-101 px (shapes
 are 12-90 px), a GroupNorm head, GIoU box loss, AdamW, channels-last
 tensors, and images near their native 128-256 px size.
 """
+
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from d2lite.config import LazyCall as L

@@ -1,4 +1,5 @@
 """Checkpointing (DetectionCheckpointer) and weight-name conversion for model-zoo files."""
+
 from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
 
 from .c2_model_loading import align_and_update_state_dicts

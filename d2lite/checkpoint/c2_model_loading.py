@@ -6,6 +6,7 @@ checkpoint keys are then matched to model keys by the longest complete suffix, s
 backbone checkpoint (``res2.0.conv1.weight``) fills
 ``backbone.bottom_up.res2.0.conv1.weight`` of a detector.
 """
+
 import logging
 import re
 from collections import OrderedDict, defaultdict
@@ -72,9 +73,9 @@ def _fpn_name(name: str) -> str:
     parts = name.split(".")
     norm = ".norm" if "norm" in parts else ""
     if name.startswith("fpn.inner.res"):
-        return f"fpn_lateral{int(parts[2][len('res'):])}{norm}.{parts[-1]}"
+        return f"fpn_lateral{int(parts[2][len('res') :])}{norm}.{parts[-1]}"
     if name.startswith("fpn.res"):
-        return f"fpn_output{int(parts[1][len('res'):])}{norm}.{parts[-1]}"
+        return f"fpn_output{int(parts[1][len('res') :])}{norm}.{parts[-1]}"
     return re.sub(r"^fpn\.(6|7)\.", r"top_block.p\1.", name)
 
 
@@ -130,8 +131,10 @@ def convert_c2_detectron_names(
 
     if len(set(keys)) != len(keys):
         dups = sorted({k for k in keys if keys.count(k) > 1})
-        raise ValueError(f"C2 name conversion produced duplicate names {dups}; the checkpoint "
-                         "contains blobs that map to the same d2lite parameter.")
+        raise ValueError(
+            f"C2 name conversion produced duplicate names {dups}; the checkpoint "
+            "contains blobs that map to the same d2lite parameter."
+        )
 
     new_weights: Dict[str, torch.Tensor] = {}
     new_to_original: Dict[str, str] = {}
@@ -140,12 +143,16 @@ def convert_c2_detectron_names(
         value = weights[orig]
         if renamed.startswith("bbox_pred."):
             new_weights[renamed] = value[4:]
-            logger.info(f"Remove prediction weight for background class in {renamed}. "
-                        f"The shape changes from {tuple(value.shape)} to "
-                        f"{tuple(new_weights[renamed].shape)}.")
+            logger.info(
+                f"Remove prediction weight for background class in {renamed}. "
+                f"The shape changes from {tuple(value.shape)} to "
+                f"{tuple(new_weights[renamed].shape)}."
+            )
         elif renamed.startswith("cls_score."):
-            logger.info(f"Move classification weights for background class in {renamed} "
-                        f"from index 0 to index {value.shape[0] - 1}.")
+            logger.info(
+                f"Move classification weights for background class in {renamed} "
+                f"from index 0 to index {value.shape[0] - 1}."
+            )
             new_weights[renamed] = torch.cat([value[1:], value[:1]])
         else:
             new_weights[renamed] = value
@@ -173,7 +180,7 @@ def _group_str(names: List[str]) -> str:
     if len(names) == 1:
         return names[0]
     prefix = _longest_common_prefix(names)
-    return prefix + "{" + ",".join(n[len(prefix):] for n in names) + "}"
+    return prefix + "{" + ",".join(n[len(prefix) :] for n in names) + "}"
 
 
 def _matched_table(
@@ -190,11 +197,13 @@ def _matched_table(
         by_module[k.rsplit(".", 1)[0] if "." in k else k].append(k)
     rows = []
     for keys in by_module.values():
-        rows.append((
-            _group_str([k[len(common):] for k in keys]),
-            _group_str([original_keys[rev[k]] for k in keys]),
-            " ".join(str(tuple(model_state_dict[k].shape)).replace(" ", "") for k in keys),
-        ))
+        rows.append(
+            (
+                _group_str([k[len(common) :] for k in keys]),
+                _group_str([original_keys[rev[k]] for k in keys]),
+                " ".join(str(tuple(model_state_dict[k].shape)).replace(" ", "") for k in keys),
+            )
+        )
     title = f"submodule {common[:-1]}" if common else "model"
     table = tabulate(rows, tablefmt="pipe", headers=["Names in Model", "Names in Checkpoint", "Shapes"])
     return f"Following weights matched with {title}:\n{table}"
@@ -235,7 +244,7 @@ def align_and_update_state_dicts(
     def is_suffix(model_key: str, ckpt_key: str) -> bool:
         return model_key == ckpt_key or model_key.endswith("." + ckpt_key)
 
-    matched: "OrderedDict[str, str]" = OrderedDict()  # checkpoint key -> model key
+    matched: OrderedDict[str, str] = OrderedDict()  # checkpoint key -> model key
     result: Dict[str, torch.Tensor] = {}
     for key_model in model_keys:
         best = max((k for k in ckpt_keys if is_suffix(key_model, k)), key=len, default=None)
@@ -251,8 +260,10 @@ def align_and_update_state_dicts(
             )
             continue
         if best in matched:
-            logger.error(f"Ambiguity found for {best} in checkpoint! It matches at least two "
-                         f"keys in the model ({matched[best]} and {key_model}).")
+            logger.error(
+                f"Ambiguity found for {best} in checkpoint! It matches at least two "
+                f"keys in the model ({matched[best]} and {key_model})."
+            )
             raise ValueError(
                 f"Cannot match one checkpoint key ({original_keys[best]}) to multiple keys in "
                 f"the model ({matched[best]} and {key_model}). Rename the checkpoint keys or "

@@ -9,6 +9,7 @@ All of them are registered in :data:`d2lite.utils.file_io.PathManager`, so
 ``PathManager.get_local_path("detectron2://ImageNetPretrained/MSRA/R-50.pkl")`` downloads
 (or reuses the cached copy of) the file.
 """
+
 import logging
 from typing import Any, Dict, List
 
@@ -21,8 +22,7 @@ from d2lite.utils.file_io import (
     resolve_model_zoo_url,
 )
 
-__all__ = ["ModelCatalog", "ModelCatalogHandler", "Detectron2Handler", "resolve_model_zoo_url",
-           "DETECTRON2_URL_PREFIX"]
+__all__ = ["ModelCatalog", "ModelCatalogHandler", "Detectron2Handler", "resolve_model_zoo_url", "DETECTRON2_URL_PREFIX"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ class ModelCatalog:
     def get(name: str) -> str:
         """``ImageNetPretrained/MSRA/R-50`` -> its URL. Unknown names raise KeyError."""
         prefix = "ImageNetPretrained/"
-        if name.startswith(prefix) and name[len(prefix):] in ModelCatalog.C2_IMAGENET_MODELS:
-            rel = ModelCatalog.C2_IMAGENET_MODELS[name[len(prefix):]]
+        if name.startswith(prefix) and name[len(prefix) :] in ModelCatalog.C2_IMAGENET_MODELS:
+            rel = ModelCatalog.C2_IMAGENET_MODELS[name[len(prefix) :]]
             return f"{ModelCatalog.S3_C2_DETECTRON_PREFIX}/{rel}"
         known = [prefix + k for k in ModelCatalog.C2_IMAGENET_MODELS]
         raise KeyError(f"Model {name!r} is not in the catalog. Known names: {known}.")
@@ -63,7 +63,7 @@ class ModelCatalogHandler(PathHandler):
         return [self.PREFIX]
 
     def _get_local_path(self, path: str, **kwargs: Any) -> str:
-        url = ModelCatalog.get(path[len(self.PREFIX):])
+        url = ModelCatalog.get(path[len(self.PREFIX) :])
         logger.info(f"Catalog entry {path} points to {url}")
         return PathManager.get_local_path(url, **kwargs)
 

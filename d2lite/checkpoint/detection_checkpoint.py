@@ -1,4 +1,5 @@
 """DetectionCheckpointer: fvcore's Checkpointer with atomic saves and model-zoo formats."""
+
 import logging
 import os
 import pickle
@@ -8,7 +9,6 @@ from typing import Any, Dict, List, Optional
 import torch
 from fvcore.common.checkpoint import Checkpointer, _IncompatibleKeys
 from torch import nn
-from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from d2lite.utils import comm
 from d2lite.utils.file_io import PathManager
@@ -46,8 +46,7 @@ def _atomic_write(path: str, write_fn: Any, binary: bool = True) -> None:
     the temp file is removed on exceptions.
     """
     dirname = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=dirname)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=dirname)
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write_fn(f)
@@ -68,7 +67,7 @@ def _strip_prefix(state_dict: Dict[str, Any], prefix: str) -> None:
     if not keys or not all(k.startswith(prefix) for k in keys):
         return
     for k in keys:
-        state_dict[k[len(prefix):]] = state_dict.pop(k)
+        state_dict[k[len(prefix) :]] = state_dict.pop(k)
 
 
 class DetectionCheckpointer(Checkpointer):
@@ -189,8 +188,10 @@ class DetectionCheckpointer(Checkpointer):
             raise OSError(f"Checkpoint {path} not found on the main worker.")
         need_sync = not all(all_has_file)
         if need_sync:
-            logger.warning(f"Not all workers can read checkpoint {path}; workers without it "
-                           "receive the model states from the main worker.")
+            logger.warning(
+                f"Not all workers can read checkpoint {path}; workers without it "
+                "receive the model states from the main worker."
+            )
         ret = super().load(path if has_file else "", checkpointables)
         if need_sync:
             logger.info("Broadcasting model states from main worker ...")
@@ -212,11 +213,15 @@ class DetectionCheckpointer(Checkpointer):
             else:
                 data = torch.load(filename, map_location=torch.device("cpu"), weights_only=False)
         except Exception as e:
-            raise RuntimeError(f"Cannot read checkpoint file {filename}: {type(e).__name__}: {e}. "
-                               "The file may be truncated or not a checkpoint.") from e
+            raise RuntimeError(
+                f"Cannot read checkpoint file {filename}: {type(e).__name__}: {e}. "
+                "The file may be truncated or not a checkpoint."
+            ) from e
         if not isinstance(data, dict):
-            raise ValueError(f"Checkpoint {filename} holds a {type(data).__name__}, expected a dict "
-                             "(a state dict or {'model': state_dict, ...}).")
+            raise ValueError(
+                f"Checkpoint {filename} holds a {type(data).__name__}, expected a dict "
+                "(a state dict or {'model': state_dict, ...})."
+            )
 
         if filename.endswith(".pkl"):
             if "model" in data and "__author__" in data:
@@ -234,8 +239,9 @@ class DetectionCheckpointer(Checkpointer):
     def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:
         model_sd = checkpoint["model"]
         if not isinstance(model_sd, dict):
-            raise ValueError(f"checkpoint['model'] is a {type(model_sd).__name__}, expected a "
-                             "state dict (name -> tensor).")
+            raise ValueError(
+                f"checkpoint['model'] is a {type(model_sd).__name__}, expected a state dict (name -> tensor)."
+            )
         self._convert_ndarray_to_tensor(model_sd)
         _strip_prefix(model_sd, "module.")
         author = checkpoint.get("__author__", None)

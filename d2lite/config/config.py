@@ -19,6 +19,7 @@ maps a config to those arguments::
     @configurable(from_config=lambda cfg: {"x": cfg.X})
     def build(x, y=1): ...
 """
+
 import functools
 import inspect
 from typing import Any, Callable, Dict, Optional
@@ -53,8 +54,7 @@ def configurable(init_func: Optional[Callable] = None, *, from_config: Optional[
             from_config_func = getattr(type(self), "from_config", None)
             if from_config_func is None or not inspect.ismethod(from_config_func):
                 raise TypeError(
-                    f"{type(self).__name__} uses @configurable, so it must define a "
-                    "'from_config' classmethod."
+                    f"{type(self).__name__} uses @configurable, so it must define a 'from_config' classmethod."
                 )
             if _called_with_cfg(*args, **kwargs):
                 explicit_args = _get_args_from_config(from_config_func, *args, **kwargs)

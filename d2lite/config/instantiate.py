@@ -1,4 +1,5 @@
 """Build objects from lazy configs (dicts with a ``_target_`` key)."""
+
 import dataclasses
 import difflib
 import inspect
@@ -122,8 +123,7 @@ def _instantiate(cfg: Any, path: str) -> Any:
         target_name = _target_name(target)
         if not callable(target_obj):
             raise TypeError(
-                f"Config key '{_join(path, '_target_')}' must be a callable or its import path, "
-                f"got {target_obj!r}."
+                f"Config key '{_join(path, '_target_')}' must be a callable or its import path, got {target_obj!r}."
             )
         _check_kwargs(target_obj, kwargs, path, target_name)
         try:

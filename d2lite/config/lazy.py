@@ -9,6 +9,7 @@ config; config files import each other with relative imports::
 
     model.num_classes = 3
 """
+
 import ast
 import builtins
 import difflib
@@ -70,7 +71,7 @@ def _cast_to_config(obj: Any) -> Any:
 
 def _compile_config(filename: str) -> Any:
     """Read and compile a Python config file; syntax errors name the file and line."""
-    with open(filename, "r", encoding="utf-8") as f:
+    with open(filename, encoding="utf-8") as f:
         content = f.read()
     try:
         return compile(content, filename, "exec")
@@ -125,7 +126,11 @@ def _resolve_relative(importer: str, name: str, level: int, statement: str) -> s
         # Config folders are plain folders of .py files. A Python package (__init__.py) or
         # a project root (setup.py, pyproject.toml, .git) is code, not part of the config tree.
         marker = next(
-            (m for m in ("__init__.py", "setup.py", "pyproject.toml", ".git") if os.path.exists(os.path.join(folder, m))),
+            (
+                m
+                for m in ("__init__.py", "setup.py", "pyproject.toml", ".git")
+                if os.path.exists(os.path.join(folder, m))
+            ),
             None,
         )
         if marker is not None:
@@ -159,9 +164,7 @@ def _patch_import():
 
     def new_import(name, globals=None, locals=None, fromlist=(), level=0):
         if not (
-            level != 0
-            and globals is not None
-            and (globals.get("__package__") or "").startswith(_CFG_PACKAGE_NAME)
+            level != 0 and globals is not None and (globals.get("__package__") or "").startswith(_CFG_PACKAGE_NAME)
         ):
             return old_import(name, globals, locals, fromlist, level)
         importer = globals["__file__"]
@@ -176,7 +179,9 @@ def _patch_import():
                 if sub is not None and (os.path.isfile(sub + ".py") or os.path.isdir(sub)):
                     module.__dict__[attr] = _exec_config_module(sub + ".py" if os.path.isfile(sub + ".py") else sub)
                     continue
-                raise ImportError(f"Cannot run `{statement}` in config file {importer}: {path} does not define {attr!r}.")
+                raise ImportError(
+                    f"Cannot run `{statement}` in config file {importer}: {path} does not define {attr!r}."
+                )
             module.__dict__[attr] = _cast_to_config(module.__dict__[attr])
         return module
 
@@ -385,7 +390,12 @@ def _override(cfg: Any, key: str, value: Any, text: Optional[str]) -> None:
             for k, v in value.items():
                 _override(cfg, f"{key}.{k}", v, None)
             return
-        if text is not None and isinstance(old, str) and not old.startswith("${") and not isinstance(value, (str, type(None))):
+        if (
+            text is not None
+            and isinstance(old, str)
+            and not old.startswith("${")
+            and not isinstance(value, (str, type(None)))
+        ):
             value = text  # a str key keeps the text, e.g. output_dir=123
         _check_override_type(key, old, value)
         if part == "_target_" and isinstance(value, str):
@@ -456,7 +466,7 @@ class LazyConfig:
                 exec(code, namespace)
             ret: Any = namespace
         else:
-            with open(filename, "r", encoding="utf-8") as f:
+            with open(filename, encoding="utf-8") as f:
                 obj = yaml.load(f, Loader=_Loader)
             ret = OmegaConf.create(obj if obj is not None else {}, flags={"allow_objects": True})
 

@@ -2,6 +2,7 @@
 
 Importing this package registers the built-in datasets (COCO 2017 and synthetic shapes).
 """
+
 from . import transforms  # isort:skip
 
 from .build import (

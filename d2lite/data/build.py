@@ -1,4 +1,5 @@
 """Build dataset dicts and data loaders (detectron2's LazyConfig-path API)."""
+
 import itertools
 import logging
 import operator
@@ -30,7 +31,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def filter_images_with_only_crowd_annotations(dataset_dicts: List[Dict[str, Any]], dataset_names: Sequence[str]) -> List[Dict[str, Any]]:
+def filter_images_with_only_crowd_annotations(
+    dataset_dicts: List[Dict[str, Any]], dataset_names: Sequence[str]
+) -> List[Dict[str, Any]]:
     """Drop images with no non-crowd annotation (they give no training signal)."""
     num_before = len(dataset_dicts)
 
@@ -39,9 +42,7 @@ def filter_images_with_only_crowd_annotations(dataset_dicts: List[Dict[str, Any]
 
     dataset_dicts = [x for x in dataset_dicts if valid(x["annotations"])]
     num_after = len(dataset_dicts)
-    logger.info(
-        "Removed %d images with no usable annotations. %d images left.", num_before - num_after, num_after
-    )
+    logger.info("Removed %d images with no usable annotations. %d images left.", num_before - num_after, num_after)
     return dataset_dicts
 
 
@@ -62,7 +63,9 @@ def print_instances_class_histogram(dataset_dicts: List[Dict[str, Any]], class_n
     total = sum(counts.values())
     logger.info(
         "Distribution of instances among all %d categories (total %d):\n%s",
-        len(class_names), total, "\n".join(lines),
+        len(class_names),
+        total,
+        "\n".join(lines),
     )
 
 
@@ -183,8 +186,9 @@ def build_batch_data_loader(
             raise ValueError("build_batch_data_loader needs a sampler for a map-style dataset.")
         dataset = ToIterableDataset(dataset, sampler, shard_chunk_size=batch_size)
 
-    loader_kwargs: Dict[str, Any] = dict(num_workers=num_workers, worker_init_fn=worker_init_reset_seed,
-                                         pin_memory=pin_memory)
+    loader_kwargs: Dict[str, Any] = dict(
+        num_workers=num_workers, worker_init_fn=worker_init_reset_seed, pin_memory=pin_memory
+    )
     if num_workers > 0:
         loader_kwargs["persistent_workers"] = persistent_workers
         if prefetch_factor is not None:
@@ -209,8 +213,13 @@ def build_batch_data_loader(
     )
 
 
-def _as_dataset(dataset: Any, mapper: Optional[Callable[[Dict[str, Any]], Any]], sampler: Optional[torchdata.Sampler],
-                *, filter_empty: bool) -> Any:
+def _as_dataset(
+    dataset: Any,
+    mapper: Optional[Callable[[Dict[str, Any]], Any]],
+    sampler: Optional[torchdata.Sampler],
+    *,
+    filter_empty: bool,
+) -> Any:
     """Accept list[dict], a torch Dataset, or dataset name(s) (str / list[str]); apply
     ``mapper``; check ``sampler`` is None for an iterable dataset."""
     if isinstance(dataset, str) or (

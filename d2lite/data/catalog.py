@@ -1,4 +1,5 @@
 """Global registries of datasets (name -> loader function) and their metadata."""
+
 import copy
 import logging
 import types
@@ -19,8 +20,7 @@ class _DatasetCatalog(UserDict):
         """Register ``func`` (no arguments, returns list[dict]) under ``name``."""
         if not callable(func):
             raise AssertionError(
-                f"You must register a function with `DatasetCatalog.register`! Got {type(func)} "
-                f"for dataset '{name}'."
+                f"You must register a function with `DatasetCatalog.register`! Got {type(func)} for dataset '{name}'."
             )
         if name in self:
             raise AssertionError(f"Dataset '{name}' is already registered!")
@@ -36,9 +36,7 @@ class _DatasetCatalog(UserDict):
             f = self[name]
         except KeyError as e:
             raise KeyError(
-                "Dataset '{}' is not registered! Available datasets are: {}".format(
-                    name, ", ".join(list(self.keys()))
-                )
+                "Dataset '{}' is not registered! Available datasets are: {}".format(name, ", ".join(list(self.keys())))
             ) from e
         return f()
 
@@ -83,12 +81,11 @@ class Metadata(types.SimpleNamespace):
         # Lookups of special/private names (copy, pickle) must fail plainly.
         if len(self.__dict__) > 1 and not key.startswith("__"):
             raise AttributeError(
-                "Attribute '{}' does not exist in the metadata of dataset '{}'. Available "
-                "keys are {}.".format(key, self.name, str(self.__dict__.keys()))
+                f"Attribute '{key}' does not exist in the metadata of dataset '{self.name}'. Available "
+                f"keys are {str(self.__dict__.keys())}."
             )
         raise AttributeError(
-            f"Attribute '{key}' does not exist in the metadata of dataset '{self.name}': "
-            "metadata is empty."
+            f"Attribute '{key}' does not exist in the metadata of dataset '{self.name}': metadata is empty."
         )
 
     def __setattr__(self, key: str, val: Any) -> None:
@@ -103,8 +100,8 @@ class Metadata(types.SimpleNamespace):
             return
         if not _values_equal(oldval, val):
             raise AssertionError(
-                "Attribute '{}' in the metadata of '{}' cannot be set "
-                "to a different value!\n{} != {}".format(key, self.name, oldval, val)
+                f"Attribute '{key}' in the metadata of '{self.name}' cannot be set "
+                f"to a different value!\n{oldval} != {val}"
             )
 
     def as_dict(self) -> Dict[str, Any]:

@@ -1,4 +1,5 @@
 """Dataset wrappers used by the data loaders."""
+
 import itertools
 import logging
 import pickle
@@ -108,9 +109,7 @@ class MapDataset(data.Dataset):
                 )
             cur_idx = self._rng.choice(tuple(self._fallback_candidates))
             if retry_count >= 3:
-                logger.warning(
-                    "Failed to apply `_map_func` for idx: %d, retry count: %d", idx, retry_count
-                )
+                logger.warning("Failed to apply `_map_func` for idx: %d, retry count: %d", idx, retry_count)
 
 
 class DatasetFromList(data.Dataset):
@@ -156,8 +155,7 @@ class ToIterableDataset(data.IterableDataset):
     """Turn a map-style dataset into an iterable one by walking ``sampler`` (which may
     be infinite); with ``shard_sampler`` each DataLoader worker takes its share."""
 
-    def __init__(self, dataset: data.Dataset, sampler: Sampler, shard_sampler: bool = True,
-                 shard_chunk_size: int = 1):
+    def __init__(self, dataset: data.Dataset, sampler: Sampler, shard_sampler: bool = True, shard_chunk_size: int = 1):
         """
         Args:
             dataset: a map-style dataset.

@@ -1,4 +1,5 @@
 """DatasetMapper: dataset dict -> model input dict (read, augment, build Instances)."""
+
 import copy
 import logging
 from typing import Any, Dict, List, Optional, Union
@@ -76,6 +77,7 @@ class DatasetMapper:
         MIN_SIZE_TEST, MAX_SIZE_TEST, RANDOM_FLIP, FORMAT, CROP.{ENABLED,TYPE,SIZE}}``;
         missing keys take detectron2's defaults. LazyConfig users pass arguments directly.
         """
+
         def get(path: str, default: Any) -> Any:
             node = cfg
             for key in path.split("."):

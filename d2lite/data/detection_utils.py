@@ -1,4 +1,5 @@
 """Helpers shared by dataset mappers: image reading, annotation transforms, Instances."""
+
 import logging
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
@@ -147,7 +148,9 @@ def transform_instance_annotations(
     return annotation
 
 
-def annotations_to_instances(annos: List[Dict[str, Any]], image_size: Tuple[int, int], mask_format: str = "polygon") -> Instances:
+def annotations_to_instances(
+    annos: List[Dict[str, Any]], image_size: Tuple[int, int], mask_format: str = "polygon"
+) -> Instances:
     """Build the ground-truth :class:`Instances` of one image.
 
     Args:
@@ -160,8 +163,10 @@ def annotations_to_instances(annos: List[Dict[str, Any]], image_size: Tuple[int,
     """
     if len(annos):
         boxes = np.stack(
-            [np.asarray(BoxMode.convert(obj["bbox"], obj["bbox_mode"], BoxMode.XYXY_ABS), dtype=np.float64)
-             for obj in annos]
+            [
+                np.asarray(BoxMode.convert(obj["bbox"], obj["bbox_mode"], BoxMode.XYXY_ABS), dtype=np.float64)
+                for obj in annos
+            ]
         )
     else:
         boxes = np.zeros((0, 4))
@@ -172,8 +177,13 @@ def annotations_to_instances(annos: List[Dict[str, Any]], image_size: Tuple[int,
     return target
 
 
-def filter_empty_instances(instances: Instances, by_box: bool = True, by_mask: bool = True,
-                           box_threshold: float = 1e-5, return_mask: bool = False):
+def filter_empty_instances(
+    instances: Instances,
+    by_box: bool = True,
+    by_mask: bool = True,
+    box_threshold: float = 1e-5,
+    return_mask: bool = False,
+):
     """Remove instances whose box has width or height <= ``box_threshold``.
 
     Returns the filtered Instances (and the boolean keep-mask if ``return_mask``).

@@ -1,4 +1,5 @@
 """Training engine: trainers, hooks, launcher and defaults for training scripts."""
+
 from . import hooks
 from .defaults import create_ddp_model, default_argument_parser, default_setup, default_writers
 from .launch import launch

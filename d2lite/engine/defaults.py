@@ -2,6 +2,7 @@
 ``detectron2.engine.defaults``): command-line parser, run setup (output directory,
 logging, saved config, manifest, seeding), default metric writers and the DDP wrapper.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,13 +98,9 @@ Run on multiple machines:
         "(the last checkpoint in train.output_dir, else train.init_checkpoint).",
     )
     parser.add_argument("--eval-only", action="store_true", help="perform evaluation only")
-    parser.add_argument(
-        "--num-gpus", type=int, default=1, help="number of gpus *per machine* (processes on CPU)"
-    )
+    parser.add_argument("--num-gpus", type=int, default=1, help="number of gpus *per machine* (processes on CPU)")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
-    parser.add_argument(
-        "--machine-rank", type=int, default=0, help="the rank of this machine (unique per machine)"
-    )
+    parser.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine (unique per machine)")
 
     # PyTorch still may leave orphan processes in multi-gpu training.
     # Therefore we use a deterministic way to obtain port,
@@ -111,14 +108,13 @@ Run on multiple machines:
     port = 2**15 + 2**14 + hash(os.getuid() if sys.platform != "win32" else 1) % 2**14
     parser.add_argument(
         "--dist-url",
-        default="tcp://127.0.0.1:{}".format(port),
+        default=f"tcp://127.0.0.1:{port}",
         help="initialization URL for pytorch distributed backend ('auto' picks a free "
         "port). See https://pytorch.org/docs/stable/distributed.html for details.",
     )
     parser.add_argument(
         "opts",
-        help="Modify config options at the end of the command, using \"path.key=value\" "
-        "(e.g. train.max_iter=100).",
+        help='Modify config options at the end of the command, using "path.key=value" (e.g. train.max_iter=100).',
         default=None,
         nargs=argparse.REMAINDER,
     )
@@ -217,13 +213,13 @@ def default_setup(cfg: Any, args: Any) -> None:
     setup_logger(output_dir, distributed_rank=rank, name="fvcore")
     logger = setup_logger(output_dir, distributed_rank=rank)
 
-    logger.info("Rank of current process: {}. World size: {}".format(rank, comm.get_world_size()))
+    logger.info(f"Rank of current process: {rank}. World size: {comm.get_world_size()}")
     logger.info("Environment info:\n" + collect_env_info())
 
     logger.info("Command line arguments: " + str(args))
     if hasattr(args, "config_file") and args.config_file != "":
-        with open(args.config_file, "r") as f:
-            logger.info("Contents of args.config_file={}:\n{}".format(args.config_file, f.read()))
+        with open(args.config_file) as f:
+            logger.info(f"Contents of args.config_file={args.config_file}:\n{f.read()}")
 
     # make sure each worker has a different, yet deterministic seed if specified
     seed = _try_get_key(cfg, "train.seed", "SEED", default=DEFAULT_SEED)
@@ -236,7 +232,7 @@ def default_setup(cfg: Any, args: Any) -> None:
 
         path = os.path.join(output_dir, "config.yaml")
         LazyConfig.save(cfg, path)
-        logger.info("Full config saved to {}".format(path))
+        logger.info(f"Full config saved to {path}")
         manifest_path = os.path.join(output_dir, "manifest.json")
         _write_manifest(
             manifest_path,
@@ -245,7 +241,7 @@ def default_setup(cfg: Any, args: Any) -> None:
             cfg_seed=seed,
             world_size=comm.get_world_size(),
         )
-        logger.info("Run manifest saved to {}".format(manifest_path))
+        logger.info(f"Run manifest saved to {manifest_path}")
 
     # cudnn benchmark has large overhead. It shouldn't be used considering the small size of
     # typical validation set.

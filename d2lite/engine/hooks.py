@@ -17,6 +17,7 @@ A typical order, as used by ``tools/lazyconfig_train_net.py``::
 The LR scheduler must step before the checkpointer saves, so that a checkpoint taken
 after iteration ``i`` holds the scheduler state for iteration ``i + 1``.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -138,18 +139,11 @@ class IterationTimer(HookBase):
             # Speed is meaningful only after warmup.
             # NOTE this format is parsed by grep in some scripts.
             logger.info(
-                "Overall training speed: {} iterations in {} ({:.4f} s / it)".format(
-                    num_iter,
-                    str(datetime.timedelta(seconds=int(total_time_minus_hooks))),
-                    total_time_minus_hooks / num_iter,
-                )
+                f"Overall training speed: {num_iter} iterations in {str(datetime.timedelta(seconds=int(total_time_minus_hooks)))} ({total_time_minus_hooks / num_iter:.4f} s / it)"
             )
 
         logger.info(
-            "Total training time: {} ({} on hooks)".format(
-                str(datetime.timedelta(seconds=int(total_time))),
-                str(datetime.timedelta(seconds=int(hook_time))),
-            )
+            f"Total training time: {str(datetime.timedelta(seconds=int(total_time)))} ({str(datetime.timedelta(seconds=int(hook_time)))} on hooks)"
         )
 
     def before_step(self) -> None:
@@ -192,9 +186,7 @@ class PeriodicWriter(HookBase):
         self._period = period
 
     def after_step(self) -> None:
-        if (self.trainer.iter + 1) % self._period == 0 or (
-            self.trainer.iter == self.trainer.max_iter - 1
-        ):
+        if (self.trainer.iter + 1) % self._period == 0 or (self.trainer.iter == self.trainer.max_iter - 1):
             for writer in self._writers:
                 writer.write()
 
@@ -316,9 +308,7 @@ class BestCheckpointer(HookBase):
         if self.best_metric is None:
             if self._update_best(latest_metric, metric_iter):
                 self._checkpointer.save(f"{self._file_prefix}", iteration=metric_iter)
-                logger.info(
-                    f"Saved first model at {self.best_metric:0.5f} @ {self.best_iter} steps"
-                )
+                logger.info(f"Saved first model at {self.best_metric:0.5f} @ {self.best_iter} steps")
         elif self._compare(latest_metric, self.best_metric):
             self._checkpointer.save(f"{self._file_prefix}", iteration=metric_iter)
             logger.info(
@@ -336,11 +326,7 @@ class BestCheckpointer(HookBase):
     def after_step(self) -> None:
         # same conditions as `EvalHook`
         next_iter = self.trainer.iter + 1
-        if (
-            self._period > 0
-            and next_iter % self._period == 0
-            and next_iter != self.trainer.max_iter
-        ):
+        if self._period > 0 and next_iter % self._period == 0 and next_iter != self.trainer.max_iter:
             self._best_checking()
 
     def after_train(self) -> None:
@@ -485,11 +471,7 @@ class EvalHook(HookBase):
 
         if results:
             if not isinstance(results, Mapping):
-                raise TypeError(
-                    "[EvalHook] eval_function must return a dict. Got {} instead.".format(
-                        type(results).__name__
-                    )
-                )
+                raise TypeError(f"[EvalHook] eval_function must return a dict. Got {type(results).__name__} instead.")
 
             flattened_results = flatten_results_dict(results)
             for k, v in flattened_results.items():
@@ -497,8 +479,7 @@ class EvalHook(HookBase):
                     v = float(v)
                 except Exception as e:
                     raise ValueError(
-                        "[EvalHook] eval_function should return a nested dict of float. "
-                        "Got '{}: {}' instead.".format(k, v)
+                        f"[EvalHook] eval_function should return a nested dict of float. Got '{k}: {v}' instead."
                     ) from e
                 flattened_results[k] = v
             self.trainer.storage.put_scalars(**flattened_results, smoothing_hint=False)
@@ -727,7 +708,9 @@ class ValidationLoss(HookBase):
                 f"ValidationLoss: period must be an int >= 1, got {period!r}; "
                 "to disable validation losses, don't register the hook (train.val_loss.period=0 in the tool)."
             )
-        if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1):
+        if num_batches is not None and (
+            isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1
+        ):
             raise ValueError(f"ValidationLoss: num_batches must be None or an int >= 1, got {num_batches!r}.")
         self._period = period
         self._data_loader = data_loader
@@ -776,9 +759,7 @@ class ValidationLoss(HookBase):
         start = time.perf_counter()
         results = self._compute()
         if comm.is_main_process():
-            self.trainer.storage.put_scalars(
-                smoothing_hint=False, **{f"val_{k}": v for k, v in results.items()}
-            )
+            self.trainer.storage.put_scalars(smoothing_hint=False, **{f"val_{k}": v for k, v in results.items()})
             logger.info(
                 "Validation losses after iteration {} ({:.1f} s): {}".format(
                     self.trainer.iter,

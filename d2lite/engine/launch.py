@@ -9,6 +9,7 @@ When the script is started by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RA
 set in the environment), nothing is spawned: this process joins the group with
 ``init_method="env://"`` and runs ``main_func``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -173,7 +174,7 @@ def _init_worker(
             timeout=timeout,
         )
     except Exception as e:
-        logger.error("Process group URL: {}".format(init_method))
+        logger.error(f"Process group URL: {init_method}")
         raise e
 
     # Setup the local process group.

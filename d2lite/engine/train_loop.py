@@ -12,6 +12,7 @@ they were registered, at these points::
     iter += 1
     hook.after_train()           # always called, also when training raised
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,7 @@ class HookBase:
     ``trainer.state_dict()["hooks"]``.
     """
 
-    trainer: "TrainerBase" = None  # type: ignore[assignment]
+    trainer: TrainerBase = None  # type: ignore[assignment]
     """A weak reference to the trainer object. Set by the trainer when the hook is registered."""
 
     def before_train(self) -> None:
@@ -108,11 +109,7 @@ class TrainerBase:
                 raise TypeError(f"register_hooks: {h!r} is not a HookBase instance.")
         # Hook states are saved under the hook's class name: two stateful hooks of one
         # class would overwrite each other's state in checkpoints.
-        stateful = [
-            type(h).__qualname__
-            for h in self._hooks + hooks
-            if type(h).state_dict is not HookBase.state_dict
-        ]
+        stateful = [type(h).__qualname__ for h in self._hooks + hooks if type(h).state_dict is not HookBase.state_dict]
         duplicates = sorted({n for n in stateful if stateful.count(n) > 1})
         if duplicates:
             raise ValueError(
@@ -137,7 +134,7 @@ class TrainerBase:
         On an exception the error is logged, ``after_train`` hooks still run (e.g. to
         close writers) and the exception is re-raised.
         """
-        logger.info("Starting training from iteration {}".format(start_iter))
+        logger.info(f"Starting training from iteration {start_iter}")
 
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
@@ -153,7 +150,7 @@ class TrainerBase:
                 # successfully finished (it is < max_iter after an exception).
                 self.iter += 1
             except Exception:
-                logger.exception("Exception during training at iteration {}:".format(self.iter))
+                logger.exception(f"Exception during training at iteration {self.iter}:")
                 raise
             finally:
                 self.after_train()
@@ -365,24 +362,16 @@ class SimpleTrainer(TrainerBase):
             storage.put_scalar("data_time", data_time, cur_iter=cur_iter)
 
             # average the rest metrics
-            metrics_dict = {
-                k: float(np.mean([x[k] for x in all_metrics_dict]))
-                for k in all_metrics_dict[0].keys()
-            }
+            metrics_dict = {k: float(np.mean([x[k] for x in all_metrics_dict])) for k in all_metrics_dict[0].keys()}
             total_losses_reduced = sum(metrics_dict.values())
             if not np.isfinite(total_losses_reduced):
                 raise FloatingPointError(
-                    f"Loss became infinite or NaN at iteration={cur_iter}!\n"
-                    f"loss_dict = {metrics_dict}"
+                    f"Loss became infinite or NaN at iteration={cur_iter}!\nloss_dict = {metrics_dict}"
                 )
 
-            storage.put_scalar(
-                "{}total_loss".format(prefix), total_losses_reduced, cur_iter=cur_iter
-            )
+            storage.put_scalar(f"{prefix}total_loss", total_losses_reduced, cur_iter=cur_iter)
             if len(metrics_dict) > 1:
-                storage.put_scalars(
-                    cur_iter=cur_iter, **{prefix + k: v for k, v in metrics_dict.items()}
-                )
+                storage.put_scalars(cur_iter=cur_iter, **{prefix + k: v for k, v in metrics_dict.items()})
 
     def state_dict(self) -> Dict[str, Any]:
         ret = super().state_dict()

@@ -1,4 +1,5 @@
 """COCO-style box AP with the official pycocotools implementation."""
+
 import contextlib
 import copy
 import io
@@ -162,9 +163,7 @@ class COCOEvaluator(DatasetEvaluator):
             if "instances" not in out:
                 continue
             if "image_id" not in inp:
-                raise KeyError(
-                    f"COCOEvaluator needs 'image_id' in each model input; got keys {sorted(inp)}."
-                )
+                raise KeyError(f"COCOEvaluator needs 'image_id' in each model input; got keys {sorted(inp)}.")
             instances = out["instances"].to(self._cpu_device)
             self._predictions.append(
                 {"image_id": inp["image_id"], "instances": instances_to_coco_json(instances, inp["image_id"])}
@@ -286,9 +285,7 @@ class COCOEvaluator(DatasetEvaluator):
         flat = [x for name, ap in per_category for x in (name, f"{ap:.3f}")]
         rows = [flat[i : i + n_cols] for i in range(0, len(flat), n_cols)]
         rows[-1] = rows[-1] + [""] * (n_cols - len(rows[-1]))
-        self._logger.info(
-            f"Per-category {iou_type} AP: \n" + _format_table(["category", "AP"] * (n_cols // 2), rows)
-        )
+        self._logger.info(f"Per-category {iou_type} AP: \n" + _format_table(["category", "AP"] * (n_cols // 2), rows))
         results.update({"AP-" + name: ap for name, ap in per_category})
         return results
 

@@ -1,4 +1,5 @@
 """Dataset evaluators and the inference loop that feeds them (detectron2 semantics)."""
+
 import datetime
 import logging
 import time
@@ -120,8 +121,7 @@ def inference_on_dataset(
     unknown = set(callbacks or {}) - {"on_start", "before_inference", "after_inference", "on_end"}
     if unknown:
         raise KeyError(
-            f"Unknown callback names {sorted(unknown)}; use on_start, before_inference, "
-            "after_inference, on_end."
+            f"Unknown callback names {sorted(unknown)}; use on_start, before_inference, after_inference, on_end."
         )
     callbacks = callbacks or {}
 

@@ -1,4 +1,5 @@
 """Helpers to print, check and flatten evaluation results."""
+
 import logging
 import pprint
 from collections.abc import Mapping
@@ -32,9 +33,7 @@ def print_csv_format(results: Mapping) -> None:
             logger.info(f"copypaste: {task}={res}")
 
 
-def verify_results(
-    results: Mapping, expected_results: Sequence[Tuple[str, str, float, float]]
-) -> bool:
+def verify_results(results: Mapping, expected_results: Sequence[Tuple[str, str, float, float]]) -> bool:
     """Check results against expectations.
 
     Args:
@@ -56,9 +55,7 @@ def verify_results(
             logger.error(f"Result verification: {task}/{metric} is {actual}.")
             ok = False
         elif abs(actual - expected) > tolerance:
-            logger.error(
-                f"Result verification: {task}/{metric} = {actual:.4f}, expected {expected} +- {tolerance}."
-            )
+            logger.error(f"Result verification: {task}/{metric} = {actual:.4f}, expected {expected} +- {tolerance}.")
             ok = False
     if ok:
         logger.info("Results verification passed.")

@@ -1,4 +1,5 @@
 """Building blocks shared by models: layers, norms, NMS and losses."""
+
 from .batch_norm import FrozenBatchNorm2d, LayerNorm, NaiveSyncBatchNorm, SyncBatchNorm, get_norm
 from .blocks import CNNBlockBase
 from .losses import ciou_loss, diou_loss, giou_loss, sigmoid_focal_loss, smooth_l1_loss

@@ -1,4 +1,5 @@
 """Normalization layers: FrozenBatchNorm2d, SyncBatchNorm, NaiveSyncBatchNorm, LayerNorm and ``get_norm``."""
+
 import logging
 from typing import Callable, Optional, Union
 
@@ -263,7 +264,9 @@ class NaiveSyncBatchNorm(BatchNorm2d):
 
         if self._stats_mode == "":
             if B == 0:
-                raise ValueError('NaiveSyncBatchNorm(stats_mode="") does not support zero batch size; use stats_mode="N".')
+                raise ValueError(
+                    'NaiveSyncBatchNorm(stats_mode="") does not support zero batch size; use stats_mode="N".'
+                )
             vec = torch.cat([mean, meansqr], dim=0)
             vec = _AllReduceSum.apply(vec) * (1.0 / world_size)
             mean, meansqr = torch.split(vec, C)
@@ -273,9 +276,7 @@ class NaiveSyncBatchNorm(BatchNorm2d):
                 vec = torch.zeros([2 * C + 1], device=mean.device, dtype=mean.dtype)
                 vec = vec + input.sum()  # keep input in the graph
             else:
-                vec = torch.cat(
-                    [mean, meansqr, torch.ones([1], device=mean.device, dtype=mean.dtype)], dim=0
-                )
+                vec = torch.cat([mean, meansqr, torch.ones([1], device=mean.device, dtype=mean.dtype)], dim=0)
             vec = _AllReduceSum.apply(vec * B)
             total_batch = vec[-1].detach()
             momentum = total_batch.clamp(max=1) * self.momentum  # no update if the total batch is 0

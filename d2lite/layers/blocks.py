@@ -1,4 +1,5 @@
 """Base class of CNN blocks (ResNet's BasicBlock / BottleneckBlock derive from it)."""
+
 from torch import nn
 
 from .batch_norm import FrozenBatchNorm2d

@@ -1,4 +1,5 @@
 """Detection losses: sigmoid focal loss, smooth L1, GIoU / DIoU / CIoU (fvcore / detectron2 semantics)."""
+
 import math
 
 import torch
@@ -92,9 +93,7 @@ def _iou_terms(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float):
     return (x1, y1, x2, y2), (x1g, y1g, x2g, y2g), union, iou
 
 
-def giou_loss(
-    boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none", eps: float = 1e-7
-) -> torch.Tensor:
+def giou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none", eps: float = 1e-7) -> torch.Tensor:
     """Generalized IoU loss ``1 - GIoU`` (https://giou.stanford.edu/), in [0, 2].
 
     Args:
@@ -129,9 +128,7 @@ def _center_distance_penalty(boxes, boxes_gt, eps: float) -> torch.Tensor:
     return distance / diag_len
 
 
-def diou_loss(
-    boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none", eps: float = 1e-7
-) -> torch.Tensor:
+def diou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none", eps: float = 1e-7) -> torch.Tensor:
     """Distance IoU loss ``1 - IoU + d^2 / c^2`` (https://arxiv.org/abs/1911.08287).
 
     d: distance between box centers; c: diagonal of the smallest enclosing box.
@@ -140,17 +137,13 @@ def diou_loss(
     return _reduce(1 - iou + _center_distance_penalty(b, b_gt, eps), reduction)
 
 
-def ciou_loss(
-    boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none", eps: float = 1e-7
-) -> torch.Tensor:
+def ciou_loss(boxes1: torch.Tensor, boxes2: torch.Tensor, reduction: str = "none", eps: float = 1e-7) -> torch.Tensor:
     """Complete IoU loss: DIoU loss plus an aspect-ratio term ``alpha * v`` (https://arxiv.org/abs/1911.08287)."""
     b, b_gt, _, iou = _iou_terms(boxes1, boxes2, eps)
     penalty = _center_distance_penalty(b, b_gt, eps)
     w_pred, h_pred = b[2] - b[0], b[3] - b[1]
     w_gt, h_gt = b_gt[2] - b_gt[0], b_gt[3] - b_gt[1]
-    v = (4 / (math.pi**2)) * torch.pow(
-        torch.atan(w_gt / (h_gt + eps)) - torch.atan(w_pred / (h_pred + eps)), 2
-    )
+    v = (4 / (math.pi**2)) * torch.pow(torch.atan(w_gt / (h_gt + eps)) - torch.atan(w_pred / (h_pred + eps)), 2)
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
     return _reduce(1 - iou + penalty + alpha * v, reduction)

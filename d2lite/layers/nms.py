@@ -1,4 +1,5 @@
 """Non-maximum suppression."""
+
 import torch
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import nms as _tv_nms
@@ -17,9 +18,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     return _tv_nms(boxes.float(), scores.float(), iou_threshold)
 
 
-def batched_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
-) -> torch.Tensor:
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """NMS done independently per category ``idxs`` (boxes of different categories never suppress each other).
 
     Args:

@@ -1,4 +1,5 @@
 """ShapeSpec: the shape of a feature map, passed between backbone, neck and head."""
+
 from dataclasses import dataclass
 from typing import Optional
 

@@ -1,5 +1,6 @@
 """Thin wrappers around torch ops: ``cat``, ``Conv2d`` with norm/activation, ``nonzero_tuple``, ..."""
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn

@@ -3,6 +3,7 @@
 A regular install copies ``configs/`` into ``d2lite/model_zoo/configs``; an
 editable install (``pip install -e .``) reads the repository's ``configs/``.
 """
+
 from pathlib import Path
 
 _PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"

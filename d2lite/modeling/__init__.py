@@ -1,4 +1,5 @@
 """Models: backbones, anchors, matching, box coding and detectors (detectron2 names)."""
+
 from d2lite.layers import ShapeSpec
 
 from .anchor_generator import DefaultAnchorGenerator

@@ -1,4 +1,5 @@
 """Anchor generation for dense detectors (detectron2's DefaultAnchorGenerator)."""
+
 import collections.abc
 import math
 from typing import List, Sequence, Tuple
@@ -115,9 +116,7 @@ class DefaultAnchorGenerator(nn.Module):
         self.num_features = len(self.strides)
         sizes = _broadcast_params(sizes, self.num_features, "sizes")
         aspect_ratios = _broadcast_params(aspect_ratios, self.num_features, "aspect_ratios")
-        self.cell_anchors = BufferList(
-            [generate_cell_anchors(s, a).float() for s, a in zip(sizes, aspect_ratios)]
-        )
+        self.cell_anchors = BufferList([generate_cell_anchors(s, a).float() for s, a in zip(sizes, aspect_ratios)])
         self.offset = float(offset)
         if not 0.0 <= self.offset < 1.0:
             raise ValueError(f"DefaultAnchorGenerator: offset must be in [0, 1), got {offset}")

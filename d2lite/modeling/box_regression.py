@@ -1,4 +1,5 @@
 """Box <-> delta transforms and the dense box regression loss."""
+
 import math
 from typing import List, Sequence, Union
 
@@ -137,9 +138,7 @@ def _dense_box_regression_loss(
         anchors_t = type(anchors[0]).cat(list(anchors)).tensor  # (R, 4)
 
     if box_reg_loss_type == "smooth_l1":
-        gt_anchor_deltas = torch.stack(
-            [box2box_transform.get_deltas(anchors_t, k) for k in gt_boxes]
-        )  # (N, R, 4)
+        gt_anchor_deltas = torch.stack([box2box_transform.get_deltas(anchors_t, k) for k in gt_boxes])  # (N, R, 4)
         return smooth_l1_loss(
             cat(pred_anchor_deltas, dim=1)[fg_mask],
             gt_anchor_deltas[fg_mask],
@@ -153,6 +152,5 @@ def _dense_box_regression_loss(
         loss_fn = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}[box_reg_loss_type]
         return loss_fn(pred_boxes[fg_mask], torch.stack(gt_boxes)[fg_mask], reduction="sum")
     raise ValueError(
-        f"Invalid box_reg_loss_type '{box_reg_loss_type}'; expected one of "
-        "'smooth_l1', 'giou', 'diou', 'ciou'"
+        f"Invalid box_reg_loss_type '{box_reg_loss_type}'; expected one of 'smooth_l1', 'giou', 'diou', 'ciou'"
     )

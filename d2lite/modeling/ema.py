@@ -10,6 +10,7 @@ into it. mmdetection's RTMDet uses ExpMomentumEMA, i.e.::
     ModelEMA(model, momentum=0.0002, update_buffers=True,
              momentum_fn=lambda step: (1 - 0.0002) * math.exp(-(1 + step) / gamma) + 0.0002)
 """
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """Matcher: assigns each prediction (anchor) to at most one ground-truth element."""
+
 from typing import List
 
 import torch
@@ -22,9 +23,7 @@ class Matcher:
     Each interval includes its lower bound and excludes its upper bound.
     """
 
-    def __init__(
-        self, thresholds: List[float], labels: List[int], allow_low_quality_matches: bool = False
-    ):
+    def __init__(self, thresholds: List[float], labels: List[int], allow_low_quality_matches: bool = False):
         """
         Args:
             thresholds: increasing list of quality thresholds splitting the predictions into
@@ -95,7 +94,5 @@ class Matcher:
         to its own argmax ground truth, exactly as in detectron2 / Detectron1.
         """
         highest_quality_foreach_gt, _ = match_quality_matrix.max(dim=1)  # (M,)
-        _, pred_inds = torch.nonzero(
-            match_quality_matrix == highest_quality_foreach_gt[:, None], as_tuple=True
-        )
+        _, pred_inds = torch.nonzero(match_quality_matrix == highest_quality_foreach_gt[:, None], as_tuple=True)
         match_labels[pred_inds] = 1

@@ -1,4 +1,5 @@
 """Rescale detector outputs to the resolution the user asked for."""
+
 import torch
 
 from d2lite.structures import Instances

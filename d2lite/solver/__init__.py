@@ -1,4 +1,5 @@
 """Optimizer parameter groups and learning-rate schedules (detectron2 names)."""
+
 from fvcore.common.param_scheduler import (
     CompositeParamScheduler,
     ConstantParamScheduler,

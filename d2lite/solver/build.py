@@ -1,4 +1,5 @@
 """Optimizer parameter groups with per-parameter hyperparameters (detectron2 semantics)."""
+
 import copy
 import logging
 from collections import defaultdict

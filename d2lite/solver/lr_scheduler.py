@@ -11,6 +11,7 @@ Two styles are provided:
 
 All "epochs" of the torch API (``last_epoch``) mean *iterations* here.
 """
+
 import logging
 import math
 from bisect import bisect_right
@@ -114,9 +115,7 @@ class FlatCosineParamScheduler(ParamScheduler):
             flat_fraction: fraction of training (in [0, 1]) that stays at start_value.
         """
         if not 0.0 <= flat_fraction <= 1.0:
-            raise ValueError(
-                f"FlatCosineParamScheduler: flat_fraction must be in [0, 1], got {flat_fraction}."
-            )
+            raise ValueError(f"FlatCosineParamScheduler: flat_fraction must be in [0, 1], got {flat_fraction}.")
         self._start_value = start_value
         self._end_value = end_value
         self._flat_fraction = flat_fraction
@@ -126,9 +125,7 @@ class FlatCosineParamScheduler(ParamScheduler):
             return self._start_value
         t = (where - self._flat_fraction) / (1.0 - self._flat_fraction)
         t = min(max(t, 0.0), 1.0)
-        return self._end_value + 0.5 * (self._start_value - self._end_value) * (
-            1.0 + math.cos(math.pi * t)
-        )
+        return self._end_value + 0.5 * (self._start_value - self._end_value) * (1.0 + math.cos(math.pi * t))
 
 
 class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
@@ -164,8 +161,7 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         """
         if not isinstance(multiplier, ParamScheduler):
             raise ValueError(
-                "LRMultiplier(multiplier=) must be an instance of fvcore ParamScheduler. "
-                f"Got {multiplier!r} instead."
+                f"LRMultiplier(multiplier=) must be an instance of fvcore ParamScheduler. Got {multiplier!r} instead."
             )
         if max_iter <= 0:
             raise ValueError(f"LRMultiplier: max_iter must be > 0, got {max_iter}.")
@@ -206,9 +202,7 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
         return self.get_lr()
 
 
-def _get_warmup_factor_at_iter(
-    method: str, iter: int, warmup_iters: int, warmup_factor: float
-) -> float:
+def _get_warmup_factor_at_iter(method: str, iter: int, warmup_iters: int, warmup_factor: float) -> float:
     """LR warmup factor at one iteration (Goyal et al., "ImageNet in 1 hour").
 
     Args:
@@ -245,9 +239,7 @@ class _WarmupLR(torch.optim.lr_scheduler.LRScheduler):
         raise NotImplementedError
 
     def get_lr(self) -> List[float]:
-        factor = _get_warmup_factor_at_iter(
-            self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor
-        )
+        factor = _get_warmup_factor_at_iter(self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor)
         decay = self._decay(self.last_epoch)
         return [base_lr * factor * decay for base_lr in self.base_lrs]
 
@@ -285,8 +277,7 @@ class WarmupMultiStepLR(_WarmupLR):
         """
         if list(milestones) != sorted(milestones):
             raise ValueError(
-                f"WarmupMultiStepLR: milestones should be a list of increasing integers. "
-                f"Got {list(milestones)}."
+                f"WarmupMultiStepLR: milestones should be a list of increasing integers. Got {list(milestones)}."
             )
         self.milestones = list(milestones)
         self.gamma = gamma

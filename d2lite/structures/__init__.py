@@ -1,4 +1,5 @@
 """Data structures shared by data loading, models and evaluation."""
+
 from .boxes import (
     Boxes,
     BoxMode,

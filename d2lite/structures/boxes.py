@@ -3,6 +3,7 @@
 Boxes are stored as a float32 tensor of shape (N, 4) in XYXY absolute pixel
 coordinates ``(x1, y1, x2, y2)``, as in detectron2.
 """
+
 from enum import IntEnum, unique
 from typing import Any, Iterator, List, Tuple, Union
 
@@ -64,18 +65,14 @@ class BoxMode(IntEnum):
                     "(the image size is unknown); convert to absolute pixels first."
                 )
             if mode == BoxMode.XYWHA_ABS:
-                raise NotImplementedError(
-                    "BoxMode.convert: rotated boxes (XYWHA_ABS) are not supported by d2lite."
-                )
+                raise NotImplementedError("BoxMode.convert: rotated boxes (XYWHA_ABS) are not supported by d2lite.")
 
         original_type = type(box)
         is_numpy = isinstance(box, np.ndarray)
         single_box = isinstance(box, (list, tuple))
         if single_box:
             if len(box) != 4:
-                raise ValueError(
-                    f"BoxMode.convert: a single box must have 4 numbers, got {len(box)}: {box}"
-                )
+                raise ValueError(f"BoxMode.convert: a single box must have 4 numbers, got {len(box)}: {box}")
             arr = torch.tensor(box)[None, :]
         elif is_numpy:
             arr = torch.from_numpy(np.asarray(box)).clone()
@@ -258,9 +255,7 @@ def pairwise_ioa(boxes1: Boxes, boxes2: Boxes) -> torch.Tensor:
     """
     area2 = boxes2.area()
     inter = pairwise_intersection(boxes1, boxes2)
-    return torch.where(
-        inter > 0, inter / area2, torch.zeros(1, dtype=inter.dtype, device=inter.device)
-    )
+    return torch.where(inter > 0, inter / area2, torch.zeros(1, dtype=inter.dtype, device=inter.device))
 
 
 def matched_pairwise_iou(boxes1: Boxes, boxes2: Boxes) -> torch.Tensor:
@@ -270,9 +265,7 @@ def matched_pairwise_iou(boxes1: Boxes, boxes2: Boxes) -> torch.Tensor:
         (N,) tensor; 0 where the pair does not overlap.
     """
     if len(boxes1) != len(boxes2):
-        raise ValueError(
-            f"matched_pairwise_iou needs boxes of equal length, got {len(boxes1)} and {len(boxes2)}"
-        )
+        raise ValueError(f"matched_pairwise_iou needs boxes of equal length, got {len(boxes1)} and {len(boxes2)}")
     area1 = boxes1.area()
     area2 = boxes2.area()
     b1, b2 = boxes1.tensor, boxes2.tensor

@@ -1,4 +1,5 @@
 """A batch of images of different sizes padded into one tensor: :class:`ImageList`."""
+
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch

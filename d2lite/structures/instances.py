@@ -1,4 +1,5 @@
 """Per-image annotations or predictions: :class:`Instances`."""
+
 import itertools
 import warnings
 from typing import Any, Dict, List, Tuple, Union
@@ -55,9 +56,7 @@ class Instances:
             data_len = len(value)
         if len(self._fields):
             if len(self) != data_len:
-                raise ValueError(
-                    f"Adding a field '{name}' of length {data_len} to an Instances of length {len(self)}"
-                )
+                raise ValueError(f"Adding a field '{name}' of length {data_len} to an Instances of length {len(self)}")
         self._fields[name] = value
 
     def has(self, name: str) -> bool:
@@ -126,16 +125,12 @@ class Instances:
         if not isinstance(image_size, torch.Tensor):  # could be a tensor when tracing
             for i in instance_lists[1:]:
                 if i.image_size != image_size:
-                    raise ValueError(
-                        f"Instances.cat: image sizes differ ({i.image_size} vs {image_size})"
-                    )
+                    raise ValueError(f"Instances.cat: image sizes differ ({i.image_size} vs {image_size})")
         ret = Instances(image_size)
         for idx, inst in enumerate(instance_lists[1:], 1):
             missing = [k for k in instance_lists[0]._fields if not inst.has(k)]
             if missing:
-                raise KeyError(
-                    f"Instances.cat: Instances {idx} lacks field(s) {missing} that Instances 0 has"
-                )
+                raise KeyError(f"Instances.cat: Instances {idx} lacks field(s) {missing} that Instances 0 has")
         for k in instance_lists[0]._fields.keys():
             values = [i.get(k) for i in instance_lists]
             v0 = values[0]

@@ -1,5 +1,6 @@
 """Describe the software/hardware environment (logged at the start of every run and
 saved in the run manifest)."""
+
 from __future__ import annotations
 
 import importlib
@@ -37,9 +38,7 @@ def collect_env_dict() -> Dict[str, str]:
     info["sys.platform"] = sys.platform
     info["Python"] = sys.version.replace("\n", "")
     info["platform"] = platform.platform()
-    info["d2lite"] = str(getattr(d2lite, "__version__", "unknown")) + " @" + os.path.dirname(
-        d2lite.__file__
-    )
+    info["d2lite"] = str(getattr(d2lite, "__version__", "unknown")) + " @" + os.path.dirname(d2lite.__file__)
     info["PyTorch"] = torch.__version__ + " @" + os.path.dirname(torch.__file__)
     info["PyTorch debug build"] = str(torch.version.debug)
     cuda_available = torch.cuda.is_available()

@@ -2,6 +2,7 @@
 ``detectron2.utils.comm``. Every function works without ``torch.distributed`` being
 initialized (a single process): it then behaves as world size 1, rank 0.
 """
+
 from __future__ import annotations
 
 import functools
@@ -57,7 +58,7 @@ def get_rank() -> int:
     return dist.get_rank()
 
 
-@functools.lru_cache()
+@functools.lru_cache
 def create_local_process_group(num_workers_per_machine: int) -> None:
     """
     Create a process group that contains the processes on the same machine, used by
@@ -135,7 +136,7 @@ def synchronize() -> None:
         dist.barrier()
 
 
-@functools.lru_cache()
+@functools.lru_cache
 def _get_global_gloo_group():
     """A group over all ranks with the gloo backend (object collectives run on CPU);
     the default group itself when it already uses gloo."""

@@ -1,5 +1,6 @@
 """Environment helpers: seeding all random number generators; ``collect_env_info``
 (defined in :mod:`d2lite.utils.collect_env`) is re-exported here."""
+
 from __future__ import annotations
 
 import logging
@@ -33,12 +34,8 @@ def seed_all_rng(seed: Optional[int] = None) -> int:
         int: the seed that was used (log it / save it to reproduce the run).
     """
     if seed is None:
-        seed = (
-            os.getpid()
-            + int(datetime.now().strftime("%S%f"))
-            + int.from_bytes(os.urandom(2), "big")
-        ) % (2**32)
-        logger.info("Using a generated random seed {}".format(seed))
+        seed = (os.getpid() + int(datetime.now().strftime("%S%f")) + int.from_bytes(os.urandom(2), "big")) % (2**32)
+        logger.info(f"Using a generated random seed {seed}")
     seed = int(seed)
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed_all_rng(seed={seed}): the seed must be in [0, 2**32).")

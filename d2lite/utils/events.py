@@ -11,6 +11,7 @@ Same names and semantics as ``detectron2.utils.events``::
                 writer.write()
             storage.step()
 """
+
 from __future__ import annotations
 
 import datetime
@@ -38,18 +39,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_CURRENT_STORAGE_STACK: List["EventStorage"] = []
+_CURRENT_STORAGE_STACK: List[EventStorage] = []
 
 
-def get_event_storage() -> "EventStorage":
+def get_event_storage() -> EventStorage:
     """
     Returns:
         The :class:`EventStorage` object that's currently being used (the innermost
         ``with EventStorage(...)``). Raises AssertionError if there is none.
     """
-    assert len(
-        _CURRENT_STORAGE_STACK
-    ), "get_event_storage() has to be called inside a 'with EventStorage(...)' context!"
+    assert len(_CURRENT_STORAGE_STACK), (
+        "get_event_storage() has to be called inside a 'with EventStorage(...)' context!"
+    )
     return _CURRENT_STORAGE_STACK[-1]
 
 
@@ -199,7 +200,7 @@ class CommonMetricPrinter(EventWriter):
         self._window_size = window_size
         self._last_write: Optional[Tuple[int, float]] = None
 
-    def _get_eta(self, storage: "EventStorage") -> Optional[str]:
+    def _get_eta(self, storage: EventStorage) -> Optional[str]:
         if self._max_iter is None:
             return ""
         iteration = storage.iter
@@ -211,9 +212,7 @@ class CommonMetricPrinter(EventWriter):
             # No "time" scalar (no IterationTimer): estimate from wall time between writes.
             eta_string = None
             if self._last_write is not None and iteration > self._last_write[0]:
-                estimate_iter_time = (time.perf_counter() - self._last_write[1]) / (
-                    iteration - self._last_write[0]
-                )
+                estimate_iter_time = (time.perf_counter() - self._last_write[1]) / (iteration - self._last_write[0])
                 eta_seconds = estimate_iter_time * (self._max_iter - iteration - 1)
                 eta_string = str(datetime.timedelta(seconds=int(eta_seconds)))
             self._last_write = (iteration, time.perf_counter())
@@ -249,12 +248,12 @@ class CommonMetricPrinter(EventWriter):
             max_mem_mb = None
 
         losses = "  ".join(
-            "{}: {:.4g}".format(k, v.median(storage.count_samples(k, self._window_size)))
+            f"{k}: {v.median(storage.count_samples(k, self._window_size)):.4g}"
             for k, v in storage.histories().items()
             if "loss" in k
         )
         non_losses = "  ".join(
-            "{}: {:.4g}".format(k, v.median(storage.count_samples(k, self._window_size)))
+            f"{k}: {v.median(storage.count_samples(k, self._window_size)):.4g}"
             for k, v in storage.histories().items()
             if "[metric]" in k
         )
@@ -266,26 +265,12 @@ class CommonMetricPrinter(EventWriter):
                 iter=iteration,
                 losses=losses,
                 non_losses=non_losses,
-                avg_time=(
-                    "time: {:.4f}  ".format(avg_iter_time) if avg_iter_time is not None else ""
-                ),
-                last_time=(
-                    "last_time: {:.4f}  ".format(last_iter_time)
-                    if last_iter_time is not None
-                    else ""
-                ),
-                avg_data_time=(
-                    "data_time: {:.4f}  ".format(avg_data_time)
-                    if avg_data_time is not None
-                    else ""
-                ),
-                last_data_time=(
-                    "last_data_time: {:.4f}  ".format(last_data_time)
-                    if last_data_time is not None
-                    else ""
-                ),
+                avg_time=(f"time: {avg_iter_time:.4f}  " if avg_iter_time is not None else ""),
+                last_time=(f"last_time: {last_iter_time:.4f}  " if last_iter_time is not None else ""),
+                avg_data_time=(f"data_time: {avg_data_time:.4f}  " if avg_data_time is not None else ""),
+                last_data_time=(f"last_data_time: {last_data_time:.4f}  " if last_data_time is not None else ""),
                 lr=lr,
-                memory="max_mem: {:.0f}M".format(max_mem_mb) if max_mem_mb is not None else "",
+                memory=f"max_mem: {max_mem_mb:.0f}M" if max_mem_mb is not None else "",
             )
         )
 
@@ -356,15 +341,11 @@ class EventStorage:
 
         existing_hint = self._smoothing_hints.get(name)
         if existing_hint is not None:
-            assert (
-                existing_hint == smoothing_hint
-            ), "Scalar {} was put with a different smoothing_hint!".format(name)
+            assert existing_hint == smoothing_hint, f"Scalar {name} was put with a different smoothing_hint!"
         else:
             self._smoothing_hints[name] = smoothing_hint
 
-    def put_scalars(
-        self, *, smoothing_hint: bool = True, cur_iter: Optional[int] = None, **kwargs: Any
-    ) -> None:
+    def put_scalars(self, *, smoothing_hint: bool = True, cur_iter: Optional[int] = None, **kwargs: Any) -> None:
         """Put multiple scalars from keyword arguments, e.g.
         ``storage.put_scalars(loss=1.0, accuracy=0.5, smoothing_hint=False)``."""
         for k, v in kwargs.items():
@@ -395,7 +376,7 @@ class EventStorage:
         """
         ret = self._history.get(name, None)
         if ret is None:
-            raise KeyError("No history metric available for {}!".format(name))
+            raise KeyError(f"No history metric available for {name}!")
         return ret
 
     def histories(self) -> Dict[str, HistoryBuffer]:
@@ -415,9 +396,7 @@ class EventStorage:
         result = {}
         for k, (v, itr) in self._latest_scalars.items():
             result[k] = (
-                float(self._history[k].median(self.count_samples(k, window_size)))
-                if self._smoothing_hints[k]
-                else v,
+                float(self._history[k].median(self.count_samples(k, window_size))) if self._smoothing_hints[k] else v,
                 itr,
             )
         return result
@@ -457,7 +436,7 @@ class EventStorage:
         # for backward compatibility with detectron2
         return self._iter
 
-    def __enter__(self) -> "EventStorage":
+    def __enter__(self) -> EventStorage:
         _CURRENT_STORAGE_STACK.append(self)
         return self
 

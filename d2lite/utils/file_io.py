@@ -11,6 +11,7 @@ Without network access a URL cannot be fetched: the handlers then raise
 :class:`DownloadError` naming the URL and telling the user to download the file
 manually and pass its local path.
 """
+
 import logging
 from typing import Any, List
 
@@ -18,8 +19,10 @@ from iopath.common.file_io import (
     HTTPURLHandler,
     OneDrivePathHandler,
     PathHandler,
-    PathManager as PathManagerBase,
     get_cache_dir,
+)
+from iopath.common.file_io import (
+    PathManager as PathManagerBase,
 )
 
 __all__ = ["PathManager", "get_cache_dir", "DownloadError", "Detectron2Handler", "resolve_model_zoo_url"]
@@ -67,7 +70,7 @@ def resolve_model_zoo_url(path: str) -> str:
     """
     for prefix in MODEL_ZOO_PREFIXES:
         if path.startswith(prefix):
-            name = path[len(prefix):]
+            name = path[len(prefix) :]
             if not name:
                 raise ValueError(f"Model zoo path {path!r} names no file after {prefix!r}.")
             return DETECTRON2_URL_PREFIX + name

@@ -1,5 +1,6 @@
 """Logging setup (same semantics as ``detectron2.utils.logger``): rank 0 logs to the
 console, every rank logs to a file under the output directory."""
+
 from __future__ import annotations
 
 import functools
@@ -11,7 +12,6 @@ from collections import Counter
 from typing import Optional
 
 __all__ = ["setup_logger", "log_first_n", "log_every_n", "log_every_n_seconds"]
-
 
 
 class _ColorfulFormatter(logging.Formatter):
@@ -36,7 +36,7 @@ class _ColorfulFormatter(logging.Formatter):
         return prefix + " " + log
 
 
-@functools.lru_cache()  # so that calling setup_logger multiple times won't add many handlers
+@functools.lru_cache  # so that calling setup_logger multiple times won't add many handlers
 def setup_logger(
     output: Optional[str] = None,
     distributed_rank: int = 0,
@@ -69,9 +69,7 @@ def setup_logger(
     if abbrev_name is None:
         abbrev_name = "d2l" if name == "d2lite" else name
 
-    plain_formatter = logging.Formatter(
-        "[%(asctime)s] %(name)s %(levelname)s: %(message)s", datefmt="%m/%d %H:%M:%S"
-    )
+    plain_formatter = logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", datefmt="%m/%d %H:%M:%S")
     # stdout logging: master only
     if distributed_rank == 0:
         ch = logging.StreamHandler(stream=sys.stdout)
@@ -95,7 +93,7 @@ def setup_logger(
         else:
             filename = os.path.join(output, "log.txt")
         if distributed_rank > 0:
-            filename = filename + ".rank{}".format(distributed_rank)
+            filename = filename + f".rank{distributed_rank}"
         os.makedirs(os.path.dirname(os.path.abspath(filename)), exist_ok=True)
 
         fh = logging.StreamHandler(_cached_log_stream(filename))
@@ -108,7 +106,7 @@ def setup_logger(
 
 # Cache the opened file object, so that different calls to `setup_logger` with the
 # same file name can safely write to the same file.
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_log_stream(filename: str):
     # line-buffered so that each log line reaches the file even if the process dies
     return open(filename, "a", buffering=1)

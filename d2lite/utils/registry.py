@@ -3,6 +3,7 @@
 d2lite has no registries: a config names a class either by the object itself
 (``L(RetinaNet)(...)``) or by its import path (``"d2lite.modeling.RetinaNet"``).
 """
+
 import importlib
 from typing import Any
 
@@ -83,7 +84,5 @@ def locate(name: str) -> Any:
         try:
             obj = getattr(obj, parts[j])
         except AttributeError as e:
-            raise ImportError(
-                f"Cannot locate {name!r}: {'.'.join(parts[:j])!r} has no attribute {parts[j]!r}."
-            ) from e
+            raise ImportError(f"Cannot locate {name!r}: {'.'.join(parts[:j])!r} has no attribute {parts[j]!r}.") from e
     return obj

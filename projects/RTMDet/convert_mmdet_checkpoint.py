@@ -8,6 +8,7 @@ The output is ``{"model": state_dict, "__author__": "mmdetection"}``, which
 (the default) holds the EMA weights in checkpoints written by mmengine's EMAHook and in
 released models; see ``rtmdet/converter.py``.
 """
+
 import argparse
 import logging
 import os

@@ -11,24 +11,60 @@ from d2lite.checkpoint.c2_model_loading import (
 
 
 def test_convert_basic_c2_names():
-    c2 = ["conv1_w", "res_conv1_bn_s", "res_conv1_bn_b", "res2_0_branch2a_w",
-          "res2_0_branch2a_bn_s", "res2_0_branch2a_bn_b", "res2_0_branch1_w",
-          "res2_0_branch1_bn_s", "res3_1_branch2b_w", "res4_5_branch2c_bn_b", "fc1000_w",
-          "res2_0_branch2a_bn_rm", "res2_0_branch2a_bn_riv", "res5_0_branch2a_gn_s"]
+    c2 = [
+        "conv1_w",
+        "res_conv1_bn_s",
+        "res_conv1_bn_b",
+        "res2_0_branch2a_w",
+        "res2_0_branch2a_bn_s",
+        "res2_0_branch2a_bn_b",
+        "res2_0_branch1_w",
+        "res2_0_branch1_bn_s",
+        "res3_1_branch2b_w",
+        "res4_5_branch2c_bn_b",
+        "fc1000_w",
+        "res2_0_branch2a_bn_rm",
+        "res2_0_branch2a_bn_riv",
+        "res5_0_branch2a_gn_s",
+    ]
     assert convert_basic_c2_names(c2) == [
-        "stem.conv1.weight", "stem.conv1.norm.weight", "stem.conv1.norm.bias",
-        "res2.0.conv1.weight", "res2.0.conv1.norm.weight", "res2.0.conv1.norm.bias",
-        "res2.0.shortcut.weight", "res2.0.shortcut.norm.weight", "res3.1.conv2.weight",
-        "res4.5.conv3.norm.bias", "fc1000.weight", "res2.0.conv1.norm.running_mean",
-        "res2.0.conv1.norm.running_var", "res5.0.conv1.norm.weight"]
+        "stem.conv1.weight",
+        "stem.conv1.norm.weight",
+        "stem.conv1.norm.bias",
+        "res2.0.conv1.weight",
+        "res2.0.conv1.norm.weight",
+        "res2.0.conv1.norm.bias",
+        "res2.0.shortcut.weight",
+        "res2.0.shortcut.norm.weight",
+        "res3.1.conv2.weight",
+        "res4.5.conv3.norm.bias",
+        "fc1000.weight",
+        "res2.0.conv1.norm.running_mean",
+        "res2.0.conv1.norm.running_var",
+        "res5.0.conv1.norm.weight",
+    ]
 
 
 def test_convert_c2_detectron_names_fpn_retinanet_and_heads():
-    w = {k: torch.arange(8.0).reshape(8, 1) for k in [
-        "fpn_inner_res5_2_sum_w", "fpn_inner_res4_5_sum_lateral_b", "fpn_res3_3_sum_w",
-        "fpn_6_w", "fpn_7_b", "retnet_cls_conv_n0_fpn3_w", "retnet_bbox_conv_n3_fpn3_b",
-        "retnet_cls_pred_fpn3_w", "retnet_bbox_pred_fpn3_b", "conv_rpn_fpn2_w",
-        "rpn_bbox_pred_fpn2_b", "fc6_w", "cls_score_b", "bbox_pred_w"]}
+    w = {
+        k: torch.arange(8.0).reshape(8, 1)
+        for k in [
+            "fpn_inner_res5_2_sum_w",
+            "fpn_inner_res4_5_sum_lateral_b",
+            "fpn_res3_3_sum_w",
+            "fpn_6_w",
+            "fpn_7_b",
+            "retnet_cls_conv_n0_fpn3_w",
+            "retnet_bbox_conv_n3_fpn3_b",
+            "retnet_cls_pred_fpn3_w",
+            "retnet_bbox_pred_fpn3_b",
+            "conv_rpn_fpn2_w",
+            "rpn_bbox_pred_fpn2_b",
+            "fc6_w",
+            "cls_score_b",
+            "bbox_pred_w",
+        ]
+    }
     new, orig = convert_c2_detectron_names(w)
     expected = {
         "fpn_lateral5.weight": "fpn_inner_res5_2_sum_w",
@@ -60,10 +96,15 @@ def _sd(*names, shape=(2,)):
 
 
 def test_align_longest_suffix_and_dot_boundary(caplog):
-    model = _sd("backbone.bottom_up.stem.conv1.weight", "backbone.bottom_up.res2.0.conv1.weight",
-                "head.my_conv1.weight")
-    ckpt = {"conv1.weight": torch.ones(2), "res2.0.conv1.weight": torch.full((2,), 2.0),
-            "stem.conv1.weight": torch.full((2,), 3.0), "fc.weight": torch.zeros(5)}
+    model = _sd(
+        "backbone.bottom_up.stem.conv1.weight", "backbone.bottom_up.res2.0.conv1.weight", "head.my_conv1.weight"
+    )
+    ckpt = {
+        "conv1.weight": torch.ones(2),
+        "res2.0.conv1.weight": torch.full((2,), 2.0),
+        "stem.conv1.weight": torch.full((2,), 3.0),
+        "fc.weight": torch.zeros(5),
+    }
     with caplog.at_level(logging.INFO, logger="d2lite.checkpoint.c2_model_loading"):
         out = align_and_update_state_dicts(model, ckpt, c2_conversion=False)
     # stem.conv1.weight (longest) wins over conv1.weight for the stem key
@@ -72,8 +113,12 @@ def test_align_longest_suffix_and_dot_boundary(caplog):
     # "my_conv1" does not end with ".conv1": no match
     assert "head.my_conv1.weight" not in out
     # unmatched checkpoint keys are kept so the loader reports them as unexpected
-    assert set(out) == {"backbone.bottom_up.stem.conv1.weight",
-                        "backbone.bottom_up.res2.0.conv1.weight", "fc.weight", "conv1.weight"}
+    assert set(out) == {
+        "backbone.bottom_up.stem.conv1.weight",
+        "backbone.bottom_up.res2.0.conv1.weight",
+        "fc.weight",
+        "conv1.weight",
+    }
     text = caplog.text
     assert "Following weights matched with submodule backbone.bottom_up" in text
     assert "res2.0.conv1.weight" in text and "stem.conv1.weight" in text
@@ -90,8 +135,8 @@ def test_align_shape_mismatch_is_logged_and_skipped(caplog):
     model = _sd("backbone.res2.0.conv1.weight", "backbone.res2.0.conv2.weight", shape=(4,))
     with caplog.at_level(logging.WARNING):
         out = align_and_update_state_dicts(
-            model, {"res2_0_branch2a_w": torch.zeros(3), "res2_0_branch2b_w": torch.ones(4)},
-            c2_conversion=True)
+            model, {"res2_0_branch2a_w": torch.zeros(3), "res2_0_branch2b_w": torch.ones(4)}, c2_conversion=True
+        )
     assert "backbone.res2.0.conv1.weight" not in out
     assert torch.equal(out["backbone.res2.0.conv2.weight"], torch.ones(4))
     assert set(out) == {"backbone.res2.0.conv2.weight", "res2.0.conv1.weight"}
@@ -108,10 +153,16 @@ def test_align_ambiguity_ignores_shape_mismatched_candidates():
 
 
 def test_align_with_c2_conversion_values():
-    model = _sd("backbone.bottom_up.stem.conv1.weight", "backbone.bottom_up.stem.conv1.norm.weight",
-                "backbone.bottom_up.res2.0.conv1.norm.bias")
-    ckpt = {"conv1_w": torch.full((2,), 7.0), "res_conv1_bn_s": torch.full((2,), 8.0),
-            "res2_0_branch2a_bn_b": torch.full((2,), 9.0)}
+    model = _sd(
+        "backbone.bottom_up.stem.conv1.weight",
+        "backbone.bottom_up.stem.conv1.norm.weight",
+        "backbone.bottom_up.res2.0.conv1.norm.bias",
+    )
+    ckpt = {
+        "conv1_w": torch.full((2,), 7.0),
+        "res_conv1_bn_s": torch.full((2,), 8.0),
+        "res2_0_branch2a_bn_b": torch.full((2,), 9.0),
+    }
     out = align_and_update_state_dicts(model, ckpt, c2_conversion=True)
     assert out["backbone.bottom_up.stem.conv1.weight"][0] == 7.0
     assert out["backbone.bottom_up.stem.conv1.norm.weight"][0] == 8.0

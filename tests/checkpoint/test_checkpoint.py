@@ -80,7 +80,7 @@ def _randomize(model, seed):
 
 
 def _train_step(model, opt):
-    loss = sum((p ** 2).sum() for p in model.parameters())
+    loss = sum((p**2).sum() for p in model.parameters())
     loss.backward()
     opt.step()
     opt.zero_grad()
@@ -154,8 +154,11 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         ckpt.save("model_0000002", iteration=3)
     monkeypatch.setattr(torch, "save", real_save)
 
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth",
-                                            "model_0000002.pth"]  # no temp files left
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint",
+        "model_0000001.pth",
+        "model_0000002.pth",
+    ]  # no temp files left
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
     model2 = _Detector()
     extra = DetectionCheckpointer(model2, str(tmp_path)).resume_or_load("", resume=True)
@@ -197,8 +200,7 @@ def test_ddp_wrapped_model_keys_have_no_module_prefix(tmp_path):
         sd = torch.load(tmp_path / "ddp.pth", weights_only=False)["model"]
         assert "head.weight" in sd and not any(k.startswith("module.") for k in sd)
         model2 = _Detector()
-        DetectionCheckpointer(nn.parallel.DistributedDataParallel(model2)).load(
-            str(tmp_path / "ddp.pth"))
+        DetectionCheckpointer(nn.parallel.DistributedDataParallel(model2)).load(str(tmp_path / "ddp.pth"))
         _assert_same_state(model, model2)
     finally:
         dist.destroy_process_group()
@@ -206,8 +208,7 @@ def test_ddp_wrapped_model_keys_have_no_module_prefix(tmp_path):
 
 def test_load_state_dict_saved_with_module_prefix(tmp_path):
     model = _randomize(_Detector(), 0)
-    torch.save({"model": {"module." + k: v for k, v in model.state_dict().items()}},
-               tmp_path / "wrapped.pth")
+    torch.save({"model": {"module." + k: v for k, v in model.state_dict().items()}}, tmp_path / "wrapped.pth")
     model2 = _Detector()
     DetectionCheckpointer(model2).load(str(tmp_path / "wrapped.pth"))
     _assert_same_state(model, model2)
@@ -215,8 +216,7 @@ def test_load_state_dict_saved_with_module_prefix(tmp_path):
 
 def test_detectron2_format_pkl(tmp_path, caplog):
     src = _randomize(_TinyResNet(), 3)
-    data = {"model": {k: v.numpy() for k, v in src.state_dict().items()},
-            "__author__": "Detectron2 Model Zoo"}
+    data = {"model": {k: v.numpy() for k, v in src.state_dict().items()}, "__author__": "Detectron2 Model Zoo"}
     with open(tmp_path / "d2.pkl", "wb") as f:
         pickle.dump(data, f)
     model = _TinyResNet()
@@ -238,10 +238,17 @@ def test_detectron2_format_pkl(tmp_path, caplog):
 def _c2_blobs(seed=0):
     rng = np.random.RandomState(seed)
     shapes = {
-        "conv1_w": (4, 3, 3, 3), "res_conv1_bn_s": (4,), "res_conv1_bn_b": (4,),
-        "res2_0_branch1_w": (8, 4, 1, 1), "res2_0_branch1_bn_s": (8,), "res2_0_branch1_bn_b": (8,),
-        "res2_0_branch2a_w": (8, 4, 1, 1), "res2_0_branch2a_bn_s": (8,),
-        "res2_0_branch2a_bn_b": (8,), "fc1000_w": (10, 8), "fc1000_b": (10,),
+        "conv1_w": (4, 3, 3, 3),
+        "res_conv1_bn_s": (4,),
+        "res_conv1_bn_b": (4,),
+        "res2_0_branch1_w": (8, 4, 1, 1),
+        "res2_0_branch1_bn_s": (8,),
+        "res2_0_branch1_bn_b": (8,),
+        "res2_0_branch2a_w": (8, 4, 1, 1),
+        "res2_0_branch2a_bn_s": (8,),
+        "res2_0_branch2a_bn_b": (8,),
+        "fc1000_w": (10, 8),
+        "fc1000_b": (10,),
     }
     blobs = {k: rng.rand(*s).astype(np.float32) for k, s in shapes.items()}
     blobs["conv1_w_momentum"] = np.zeros((4, 3, 3, 3), np.float32)
@@ -258,8 +265,10 @@ def test_caffe2_format_pkl_converts_names(tmp_path, caplog, wrap_in_blobs):
         DetectionCheckpointer(det).load(str(tmp_path / "R-tiny.pkl"))
     bu = det.backbone.bottom_up
     expect = {
-        bu.stem.conv1.weight: "conv1_w", bu.stem.conv1.norm.weight: "res_conv1_bn_s",
-        bu.stem.conv1.norm.bias: "res_conv1_bn_b", bu.res2[0].conv1.weight: "res2_0_branch2a_w",
+        bu.stem.conv1.weight: "conv1_w",
+        bu.stem.conv1.norm.weight: "res_conv1_bn_s",
+        bu.stem.conv1.norm.bias: "res_conv1_bn_b",
+        bu.res2[0].conv1.weight: "res2_0_branch2a_w",
         bu.res2[0].conv1.norm.weight: "res2_0_branch2a_bn_s",
         bu.res2[0].conv1.norm.bias: "res2_0_branch2a_bn_b",
         bu.res2[0].shortcut.weight: "res2_0_branch1_w",
@@ -313,7 +322,8 @@ def test_model_zoo_url_mapping():
     with pytest.raises(ValueError, match="names no file"):
         resolve_model_zoo_url("detectron2://")
     assert ModelCatalog.get("ImageNetPretrained/MSRA/R-50") == (
-        "https://dl.fbaipublicfiles.com/detectron/ImageNetPretrained/MSRA/R-50.pkl")
+        "https://dl.fbaipublicfiles.com/detectron/ImageNetPretrained/MSRA/R-50.pkl"
+    )
     with pytest.raises(KeyError, match="MSRA/R-50"):
         ModelCatalog.get("ImageNetPretrained/MSRA/R-5000")
 
@@ -336,8 +346,7 @@ def test_offline_download_gives_clear_error(tmp_path, monkeypatch):
     assert isinstance(e.value.__cause__, urllib.error.URLError)
     assert requested == [url]
     with pytest.raises(DownloadError, match="ImageNetPretrained/MSRA/R-50.pkl"):
-        DetectionCheckpointer(_Detector()).resume_or_load(
-            "detectron2://ImageNetPretrained/MSRA/R-50.pkl", resume=False)
+        DetectionCheckpointer(_Detector()).resume_or_load("detectron2://ImageNetPretrained/MSRA/R-50.pkl", resume=False)
     with pytest.raises(DownloadError, match="detectron/ImageNetPretrained/MSRA/R-50.pkl"):
         PathManager.get_local_path("catalog://ImageNetPretrained/MSRA/R-50")
 
@@ -351,7 +360,9 @@ def test_save_disabled_and_checkpoint_listing(tmp_path):
     ckpt.save("model_0000004")
     ckpt.save("model_final")
     assert sorted(os.path.basename(f) for f in ckpt.get_all_checkpoint_files()) == [
-        "model_0000004.pth", "model_final.pth"]
+        "model_0000004.pth",
+        "model_final.pth",
+    ]
     assert ckpt.get_checkpoint_file().endswith("model_final.pth")
     with pytest.raises(ValueError, match="directory part"):
         ckpt.save("sub/model")

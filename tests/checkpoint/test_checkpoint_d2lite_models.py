@@ -1,4 +1,5 @@
 """Load Caffe2/Detectron-style and detectron2-style files into d2lite's real ResNet/FPN/RetinaNet head."""
+
 import pickle
 import re
 
@@ -19,10 +20,12 @@ def _tiny_retinanet_like():
         stages=backbone_mod.ResNet.make_default_stages(18, norm="FrozenBN"),
         out_features=["res3", "res4", "res5"],
     )
-    fpn = backbone_mod.FPN(resnet, ["res3", "res4", "res5"], out_channels=16,
-                           top_block=backbone_mod.LastLevelP6P7(512, 16, "res5"))
-    head = retinanet_mod.RetinaNetHead(input_shape=[ShapeSpec(channels=16)] * 5, num_classes=3,
-                                       num_anchors=2, conv_dims=[16, 16])
+    fpn = backbone_mod.FPN(
+        resnet, ["res3", "res4", "res5"], out_channels=16, top_block=backbone_mod.LastLevelP6P7(512, 16, "res5")
+    )
+    head = retinanet_mod.RetinaNetHead(
+        input_shape=[ShapeSpec(channels=16)] * 5, num_classes=3, num_anchors=2, conv_dims=[16, 16]
+    )
     model = nn.Module()
     model.backbone, model.head = fpn, head
     g = torch.Generator().manual_seed(0)
@@ -88,8 +91,9 @@ def test_caffe2_detectron_retinanet_blobs_load_into_d2lite_model(tmp_path, caplo
 def test_detectron2_zoo_pkl_loads_strictly(tmp_path):
     src = _tiny_retinanet_like()
     with open(tmp_path / "model_final.pkl", "wb") as f:
-        pickle.dump({"model": {k: v.numpy() for k, v in src.state_dict().items()},
-                     "__author__": "Detectron2 Model Zoo"}, f)
+        pickle.dump(
+            {"model": {k: v.numpy() for k, v in src.state_dict().items()}, "__author__": "Detectron2 Model Zoo"}, f
+        )
     dst = _tiny_retinanet_like()
     with torch.no_grad():
         for t in dst.state_dict().values():

@@ -1,4 +1,5 @@
 """@configurable on classes and functions."""
+
 import pytest
 from omegaconf import DictConfig
 

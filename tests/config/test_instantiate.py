@@ -1,4 +1,5 @@
 """instantiate() and d2lite.utils.registry.locate."""
+
 import collections
 import types
 

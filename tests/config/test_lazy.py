@@ -1,12 +1,13 @@
 """LazyConfig.load / save / apply_overrides / to_py and LazyCall."""
+
 import textwrap
 import types
 import warnings
 
 import pytest
-import yaml
 import torch.nn as nn
-from omegaconf import DictConfig, ListConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from d2lite.config import LazyCall as L
 from d2lite.config import LazyConfig, instantiate
@@ -309,7 +310,13 @@ def _cfg_for_overrides():
                 backbone=L(types.SimpleNamespace)(depth=50, norm="FrozenBN"),
                 head="${.num_classes}",
             ),
-            "train": {"max_iter": 100, "lr": 0.01, "output_dir": "./out", "init_checkpoint": None, "amp": {"enabled": False}},
+            "train": {
+                "max_iter": 100,
+                "lr": 0.01,
+                "output_dir": "./out",
+                "init_checkpoint": None,
+                "amp": {"enabled": False},
+            },
         },
         flags={"allow_objects": True},
     )
@@ -486,9 +493,14 @@ def test_save_keeps_importable_class_values(tmp_path):
     from d2lite.config import LazyCall as L
     from d2lite.modeling.backbone import BasicBlock, ResNet
 
-    cfg = OmegaConf.create({"stage": L(ResNet.make_stage)(block_class=BasicBlock, num_blocks=1,
-                                                          in_channels=4, out_channels=4, stride_per_block=[1])},
-                           flags={"allow_objects": True})
+    cfg = OmegaConf.create(
+        {
+            "stage": L(ResNet.make_stage)(
+                block_class=BasicBlock, num_blocks=1, in_channels=4, out_channels=4, stride_per_block=[1]
+            )
+        },
+        flags={"allow_objects": True},
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         LazyConfig.save(cfg, str(tmp_path / "c.yaml"))

@@ -1,23 +1,22 @@
 """Every shipped config loads, builds its model and runs one real training iteration."""
-import itertools
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import REPO_ROOT, write_coco_fixture
 
+from d2lite.config import LazyCall as L
 from d2lite.config import LazyConfig, instantiate
 from d2lite.data import DatasetCatalog, MetadataCatalog
 from d2lite.data import transforms as T
 from d2lite.data.datasets import register_coco_instances
 from d2lite.data.datasets.shapes import CLASS_NAMES, generate_shapes
-from d2lite.config import LazyCall as L
 from d2lite.utils.events import EventStorage
-
-from helpers import REPO_ROOT, write_coco_fixture
 
 CONFIG_ROOT = REPO_ROOT / "configs"
 LEAF_CONFIGS = sorted(
-    str(p.relative_to(CONFIG_ROOT)) for p in CONFIG_ROOT.rglob("*.py") if "common" not in p.relative_to(CONFIG_ROOT).parts
+    str(p.relative_to(CONFIG_ROOT))
+    for p in CONFIG_ROOT.rglob("*.py")
+    if "common" not in p.relative_to(CONFIG_ROOT).parts
 )
 
 
@@ -88,4 +87,3 @@ def test_coco_configs_read_coco_2017_from_datasets_dir():
     assert m(209999 / 270000) == pytest.approx(1.0)
     assert m(210001 / 270000) == pytest.approx(0.1)
     assert m(250001 / 270000) == pytest.approx(0.01)
-

@@ -1,4 +1,5 @@
 """Tiny COCO-format fixture shared by the data tests (written into tmp_path)."""
+
 import json
 import os
 

@@ -40,9 +40,18 @@ def test_get_detection_dataset_dicts_bad_input(register):
     empty = register("tmp_build_empty", func=lambda: [])
     with pytest.raises(ValueError, match=f"Dataset '{empty}' is empty"):
         get_detection_dataset_dicts(empty)
-    crowd_only = register("tmp_build_crowd", func=lambda: [
-        {"file_name": "x", "height": 4, "width": 4, "image_id": 1,
-         "annotations": [{"bbox": [0, 0, 1, 1], "bbox_mode": 1, "category_id": 0, "iscrowd": 1}]}])
+    crowd_only = register(
+        "tmp_build_crowd",
+        func=lambda: [
+            {
+                "file_name": "x",
+                "height": 4,
+                "width": 4,
+                "image_id": 1,
+                "annotations": [{"bbox": [0, 0, 1, 1], "bbox_mode": 1, "category_id": 0, "iscrowd": 1}],
+            }
+        ],
+    )
     with pytest.raises(ValueError, match="No valid data found in " + crowd_only):
         get_detection_dataset_dicts(crowd_only)
     with pytest.raises(KeyError, match="not registered"):
@@ -54,8 +63,11 @@ def test_get_detection_dataset_dicts_bad_input(register):
     y = register("tmp_build_y", func=lambda: [dict(d[0])], metadata={"thing_classes": ["b"]})
     with pytest.raises(ValueError, match="thing_classes"):
         get_detection_dataset_dicts([x, y])
-    z = register("tmp_build_z", func=lambda: [{"file_name": "x", "annotations": [
-        {"category_id": 4, "bbox": [0, 0, 1, 1], "bbox_mode": 1}]}], metadata={"thing_classes": ["a"]})
+    z = register(
+        "tmp_build_z",
+        func=lambda: [{"file_name": "x", "annotations": [{"category_id": 4, "bbox": [0, 0, 1, 1], "bbox_mode": 1}]}],
+        metadata={"thing_classes": ["a"]},
+    )
     with pytest.raises(ValueError, match="contiguous"):
         get_detection_dataset_dicts(z)
 
@@ -65,7 +77,10 @@ def test_train_loader_batches(coco_fixture, register):
     name = register("tmp_build_train", json_file=json_file, image_root=image_root)
     dicts = get_detection_dataset_dicts(name, filter_empty=False)
     loader = build_detection_train_loader(
-        dicts, mapper=_mapper(), sampler=TrainingSampler(len(dicts), seed=0), total_batch_size=2,
+        dicts,
+        mapper=_mapper(),
+        sampler=TrainingSampler(len(dicts), seed=0),
+        total_batch_size=2,
         aspect_ratio_grouping=False,
     )
     batches = list(itertools.islice(loader, 4))
@@ -89,7 +104,10 @@ def test_train_loader_aspect_ratio_grouping(coco_fixture):
 
     dicts = load_coco_json(*coco_fixture)  # 64x48 landscape, 40x60 portrait, 50x50 square
     loader = build_detection_train_loader(
-        dicts, mapper=_mapper(), sampler=TrainingSampler(3, seed=1), total_batch_size=2,
+        dicts,
+        mapper=_mapper(),
+        sampler=TrainingSampler(3, seed=1),
+        total_batch_size=2,
         aspect_ratio_grouping=True,
     )
     for batch in itertools.islice(loader, 6):
@@ -105,8 +123,12 @@ def test_train_loader_with_workers(coco_fixture):
 
     dicts = load_coco_json(*coco_fixture)
     loader = build_detection_train_loader(
-        dicts, mapper=_mapper(), sampler=TrainingSampler(3, seed=2), total_batch_size=2,
-        aspect_ratio_grouping=False, num_workers=2,
+        dicts,
+        mapper=_mapper(),
+        sampler=TrainingSampler(3, seed=2),
+        total_batch_size=2,
+        aspect_ratio_grouping=False,
+        num_workers=2,
     )
     batches = list(itertools.islice(loader, 3))
     assert [len(b) for b in batches] == [2, 2, 2]

@@ -48,11 +48,14 @@ def test_metadata_set_get_conflict():
         with pytest.raises(AssertionError, match="thing_classes.*different value"):
             m.thing_classes = ["a", "c"]
         assert m.as_dict() == {
-            "name": "tmp_meta", "thing_classes": ["a", "b"], "evaluator_type": "coco", "json_file": "x.json"
+            "name": "tmp_meta",
+            "thing_classes": ["a", "b"],
+            "evaluator_type": "coco",
+            "json_file": "x.json",
         }
         assert m.get("image_root", "dflt") == "dflt"
         with pytest.raises(AttributeError, match="image_root.*tmp_meta"):
-            m.image_root
+            _ = m.image_root
         assert m.class_names == ["a", "b"]  # renamed key
     finally:
         MetadataCatalog.remove("tmp_meta")

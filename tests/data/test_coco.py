@@ -72,10 +72,14 @@ def test_malformed_json_names_file(tmp_path):
 def test_bad_bbox_and_unknown_category(tmp_path, write_coco):
     images = [{"id": 1, "file_name": "x.png", "width": 10, "height": 10}]
     cats = [{"id": 1, "name": "a"}]
-    json_file, root = write_coco(tmp_path / "a", images, [{"id": 1, "image_id": 1, "bbox": [1, 2, 3], "category_id": 1}], cats)
+    json_file, root = write_coco(
+        tmp_path / "a", images, [{"id": 1, "image_id": 1, "bbox": [1, 2, 3], "category_id": 1}], cats
+    )
     with pytest.raises(ValueError, match="Annotation id=1 .*bbox"):
         load_coco_json(json_file, root)
-    json_file, root = write_coco(tmp_path / "b", images, [{"id": 1, "image_id": 1, "bbox": [1, 2, 3, 4], "category_id": 7}], cats)
+    json_file, root = write_coco(
+        tmp_path / "b", images, [{"id": 1, "image_id": 1, "bbox": [1, 2, 3, 4], "category_id": 7}], cats
+    )
     try:
         with pytest.raises(KeyError, match="category_id=7"):
             load_coco_json(json_file, root, "tmp_coco_badcat")
@@ -115,8 +119,15 @@ def test_register_and_convert_round_trip(coco_fixture, register, tmp_path):
 
 
 def test_convert_xyxy_boxes(register):
-    dicts = [{"file_name": "x.png", "image_id": 1, "height": 20, "width": 20,
-              "annotations": [{"bbox": np.array([2.0, 3.0, 12.0, 8.0]), "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}]}]
+    dicts = [
+        {
+            "file_name": "x.png",
+            "image_id": 1,
+            "height": 20,
+            "width": 20,
+            "annotations": [{"bbox": np.array([2.0, 3.0, 12.0, 8.0]), "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0}],
+        }
+    ]
     name = register("tmp_conv_xyxy", func=lambda: dicts, metadata={"thing_classes": ["a"]})
     coco = convert_to_coco_dict(name)
     assert coco["annotations"][0]["bbox"] == [2.0, 3.0, 10.0, 5.0]

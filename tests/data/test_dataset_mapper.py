@@ -35,7 +35,9 @@ def test_train_mapping_resize_flip(coco_fixture):
     inst = out["instances"]
     assert isinstance(inst, Instances) and inst.image_size == (96, 128)
     # x2 then flipped in a 128-wide image; the crowd box is dropped
-    torch.testing.assert_close(inst.gt_boxes.tensor, torch.tensor([[68.0, 10.0, 108.0, 30.0], [48.0, 40.0, 68.0, 60.0]]))
+    torch.testing.assert_close(
+        inst.gt_boxes.tensor, torch.tensor([[68.0, 10.0, 108.0, 30.0], [48.0, 40.0, 68.0, 60.0]])
+    )
     assert inst.gt_classes.tolist() == [0, 2] and inst.gt_classes.dtype == torch.int64
 
 

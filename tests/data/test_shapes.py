@@ -108,8 +108,8 @@ def test_boxes_tight_and_match_json(train20):
             x, y, bw, bh = (int(v) for v in a["bbox"])
             assert x >= 0 and y >= 0 and x + bw <= w and y + bh <= h
             assert a["area"] == mask.sum()
-            assert not mask[:, :x].any() and not mask[:, x + bw:].any()
-            assert not mask[:y].any() and not mask[y + bh:].any()
+            assert not mask[:, :x].any() and not mask[:, x + bw :].any()
+            assert not mask[:y].any() and not mask[y + bh :].any()
             # each border row/column of the box holds object pixels
             assert mask[y, x : x + bw].any() and mask[y + bh - 1, x : x + bw].any()
             assert mask[y : y + bh, x].any() and mask[y : y + bh, x + bw - 1].any()

@@ -15,11 +15,32 @@ def test_import_path():
     import d2lite.data.transforms as T2
 
     assert T2.ResizeShortestEdge is T.ResizeShortestEdge
-    for name in ["Transform", "NoOpTransform", "HFlipTransform", "VFlipTransform", "ResizeTransform",
-                 "CropTransform", "ExtentTransform", "ColorTransform", "PILColorTransform", "Augmentation",
-                 "AugInput", "AugmentationList", "RandomApply", "RandomFlip", "Resize", "ResizeShortestEdge",
-                 "ResizeScale", "RandomCrop", "FixedSizeCrop", "RandomBrightness", "RandomContrast",
-                 "RandomSaturation", "RandomLighting", "TransformList"]:
+    for name in [
+        "Transform",
+        "NoOpTransform",
+        "HFlipTransform",
+        "VFlipTransform",
+        "ResizeTransform",
+        "CropTransform",
+        "ExtentTransform",
+        "ColorTransform",
+        "PILColorTransform",
+        "Augmentation",
+        "AugInput",
+        "AugmentationList",
+        "RandomApply",
+        "RandomFlip",
+        "Resize",
+        "ResizeShortestEdge",
+        "ResizeScale",
+        "RandomCrop",
+        "FixedSizeCrop",
+        "RandomBrightness",
+        "RandomContrast",
+        "RandomSaturation",
+        "RandomLighting",
+        "TransformList",
+    ]:
         assert hasattr(T, name), name
 
 
@@ -103,7 +124,7 @@ def test_resize_scale_and_fixed_size_crop():
     assert inp.image.shape == (64, 64, 3)
     assert crop.y0 == 0 and 0 <= crop.x0 <= 64
     np.testing.assert_allclose(inp.boxes, [[70 - crop.x0, 10, 90 - crop.x0, 30]])
-    np.testing.assert_array_equal(inp.image, _img(64, 128)[:, crop.x0: crop.x0 + 64])
+    np.testing.assert_array_equal(inp.image, _img(64, 128)[:, crop.x0 : crop.x0 + 64])
 
     inp = T.AugInput(np.zeros((32, 64, 3), np.uint8))
     T.FixedSizeCrop((64, 64), pad=False)(inp)

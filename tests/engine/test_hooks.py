@@ -89,7 +89,10 @@ def test_lr_scheduler_hook_writes_lr_then_steps():
     t.register_hooks([hooks.LRScheduler(scheduler=sched)])
     t.train(0, 4)
     assert [(it, v) for v, it in t.storage.history("lr").values()] == [
-        (0, 1.0), (1, 1.0), (2, pytest.approx(0.1)), (3, pytest.approx(0.1))
+        (0, 1.0),
+        (1, 1.0),
+        (2, pytest.approx(0.1)),
+        (3, pytest.approx(0.1)),
     ]
     assert t.storage.smoothing_hints()["lr"] is False
 
@@ -108,9 +111,7 @@ def test_best_param_group_id():
     a, b, c = (nn.Parameter(torch.zeros(1)) for _ in range(3))
     opt = torch.optim.SGD([{"params": [a], "lr": 0.1}, {"params": [b, c], "lr": 0.2}], lr=0.1)
     assert hooks.LRScheduler.get_best_param_group_id(opt) == 1
-    opt = torch.optim.SGD(
-        [{"params": [a], "lr": 0.5}, {"params": [b], "lr": 0.2}, {"params": [c], "lr": 0.2}], lr=0.1
-    )
+    opt = torch.optim.SGD([{"params": [a], "lr": 0.5}, {"params": [b], "lr": 0.2}, {"params": [c], "lr": 0.2}], lr=0.1)
     assert hooks.LRScheduler.get_best_param_group_id(opt) == 1
 
 
@@ -120,7 +121,10 @@ def test_periodic_checkpointer_files(tmp_path):
     t.register_hooks([hooks.PeriodicCheckpointer(ckpt, period=2)])
     t.train(0, 5)
     assert sorted(os.listdir(tmp_path)) == [
-        "last_checkpoint", "model_0000001.pth", "model_0000003.pth", "model_final.pth"
+        "last_checkpoint",
+        "model_0000001.pth",
+        "model_0000003.pth",
+        "model_final.pth",
     ]
     final = torch.load(tmp_path / "model_final.pth", weights_only=False)
     assert final["iteration"] == 4 and final["trainer"]["iteration"] == 4
@@ -134,7 +138,10 @@ def test_periodic_checkpointer_max_to_keep(tmp_path):
     t.register_hooks([hooks.PeriodicCheckpointer(ckpt, period=1, max_to_keep=2)])
     t.train(0, 5)
     assert sorted(os.listdir(tmp_path)) == [
-        "last_checkpoint", "model_0000003.pth", "model_0000004.pth", "model_final.pth"
+        "last_checkpoint",
+        "model_0000003.pth",
+        "model_0000004.pth",
+        "model_final.pth",
     ]
 
 
@@ -248,10 +255,12 @@ def test_periodic_writer_failing_writer_does_not_cost_the_others_their_last_writ
 
     t = _trainer()
     path = tmp_path / "metrics.json"
-    t.register_hooks([
-        hooks.CallbackHook(after_train=lambda tr: tr.storage.put_scalar("final", 1.0, smoothing_hint=False)),
-        hooks.PeriodicWriter([Broken(), JSONWriter(str(path), window_size=1)], period=100),
-    ])
+    t.register_hooks(
+        [
+            hooks.CallbackHook(after_train=lambda tr: tr.storage.put_scalar("final", 1.0, smoothing_hint=False)),
+            hooks.PeriodicWriter([Broken(), JSONWriter(str(path), window_size=1)], period=100),
+        ]
+    )
     with pytest.raises(OSError, match="disk full"):
         t.train(0, 3)
     assert Broken.closed

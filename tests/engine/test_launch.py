@@ -7,13 +7,13 @@ import textwrap
 
 import pytest
 import torch
+from helpers import retry_once
 
 from d2lite.engine import launch
 from d2lite.engine.launch import torchrun_env
-from helpers import retry_once
 
 _SCRIPT = textwrap.dedent(
-    '''
+    """
     import json
     import sys
 
@@ -84,7 +84,7 @@ _SCRIPT = textwrap.dedent(
             launch(main, 2, dist_url="auto", args=(out, 3))
         else:  # started by torchrun: launch() must join the env:// group, not spawn
             launch(main, 2, args=(out, 3))
-    '''
+    """
 )
 
 
@@ -135,10 +135,16 @@ def _check_two_process_result(infos, ref):
 def test_two_cpu_processes_match_one_process_with_double_batch(script, tmp_path):
     ref = _single_process_reference(script, tmp_path)
     out = tmp_path / "spawn.json"
-    proc = retry_once(lambda: subprocess.run(
-        [sys.executable, str(script), str(out), "spawn"], env=_env(), timeout=240, cwd=tmp_path,
-        capture_output=True, text=True,
-    ))
+    proc = retry_once(
+        lambda: subprocess.run(
+            [sys.executable, str(script), str(out), "spawn"],
+            env=_env(),
+            timeout=240,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     _check_two_process_result(json.loads(out.read_text()), ref)
 
@@ -147,13 +153,26 @@ def test_two_cpu_processes_match_one_process_with_double_batch(script, tmp_path)
 def test_torchrun_two_processes(script, tmp_path):
     ref = _single_process_reference(script, tmp_path)
     out = tmp_path / "torchrun.json"
-    proc = retry_once(lambda: subprocess.run(
-        [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            str(script), str(out), "torchrun",
-        ],
-        env=_env(), timeout=240, cwd=tmp_path, capture_output=True, text=True,
-    ))
+    proc = retry_once(
+        lambda: subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                str(script),
+                str(out),
+                "torchrun",
+            ],
+            env=_env(),
+            timeout=240,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     _check_two_process_result(json.loads(out.read_text()), ref)
 
@@ -162,7 +181,10 @@ def test_torchrun_env_parsing():
     assert torchrun_env({}) is None
     assert torchrun_env({"RANK": "0", "WORLD_SIZE": "2"}) is None  # LOCAL_RANK missing
     assert torchrun_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}) == {
-        "rank": 3, "world_size": 4, "local_rank": 1, "local_world_size": 2
+        "rank": 3,
+        "world_size": 4,
+        "local_rank": 1,
+        "local_world_size": 2,
     }
     assert torchrun_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})["local_world_size"] == 2
     with pytest.raises(ValueError, match="Malformed torchrun"):

@@ -1,5 +1,6 @@
 """An interrupted run resumed from its last checkpoint ends exactly like an
 uninterrupted run: same parameters, optimizer state (momentum), LR and EMA."""
+
 import os
 
 import pytest

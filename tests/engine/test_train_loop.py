@@ -1,4 +1,3 @@
-
 import pytest
 import torch
 from torch import nn
@@ -267,7 +266,9 @@ def test_nan_loss_raises_on_non_main_rank(monkeypatch):
     monkeypatch.setattr(comm, "get_rank", lambda: 1)
     monkeypatch.setattr(comm, "gather", lambda data, dst=0: [])
     model = _Model()
-    trainer = SimpleTrainer(model, _loader([[1.0, 1.0], [float("nan"), 1.0]]), torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer = SimpleTrainer(
+        model, _loader([[1.0, 1.0], [float("nan"), 1.0]]), torch.optim.SGD(model.parameters(), lr=0.1)
+    )
     with pytest.raises(FloatingPointError, match=r"iteration=1!\nloss_dict = .*\(rank 1\)"):
         trainer.train(0, 2)
     # a finite loss on a non-main rank puts no averaged metrics

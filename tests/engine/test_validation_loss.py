@@ -1,4 +1,5 @@
 """hooks.ValidationLoss: validation losses in the event storage, without changing the training run."""
+
 import copy
 import random
 
@@ -35,13 +36,18 @@ class ToyModel(nn.Module):
         pred = self.linear(self.drop(self.bn(x))).squeeze(1)
         get_event_storage().put_scalar("num_seen", float(len(batch)))
         self.normalizer = 0.5 * self.normalizer + 0.5 * len(batch)
-        return {"loss_a": ((pred - y) ** 2).sum() / self.normalizer, "loss_b": self.linear.weight.abs().sum() * y.mean()}
+        return {
+            "loss_a": ((pred - y) ** 2).sum() / self.normalizer,
+            "loss_b": self.linear.weight.abs().sum() * y.mean(),
+        }
 
 
 def _batches(seed: int, n: int, size: int = 4):
     g = torch.Generator().manual_seed(seed)
-    return [[{"x": torch.randn(3, generator=g) * 2 + 1, "y": float(torch.rand(1, generator=g))} for _ in range(size)]
-            for _ in range(n)]
+    return [
+        [{"x": torch.randn(3, generator=g) * 2 + 1, "y": float(torch.rand(1, generator=g))} for _ in range(size)]
+        for _ in range(n)
+    ]
 
 
 @torch.no_grad()
@@ -70,8 +76,12 @@ class _Snapshot(hooks.HookBase):
         losses = [_manual_losses(model, b) for b in used]
         a = sum(x[0] for x in losses) / len(used)
         b = sum(x[1] for x in losses) / len(used)
-        self.expected[self.trainer.iter] = {"val_loss_a": a, "val_loss_b": b, "val_total_loss": a + b,
-                                            "val_num_seen": 4.0}
+        self.expected[self.trainer.iter] = {
+            "val_loss_a": a,
+            "val_loss_b": b,
+            "val_total_loss": a + b,
+            "val_num_seen": 4.0,
+        }
 
 
 def _train(max_iter, extra_hooks=(), seed=0):
@@ -136,7 +146,9 @@ def test_training_run_is_unchanged_by_the_hook():
         assert torch.equal(a, b), k
     assert plain.model.normalizer == validated.model.normalizer
     for pa, pb in zip(plain.model.parameters(), validated.model.parameters()):
-        assert torch.equal(plain.optimizer.state[pa]["momentum_buffer"], validated.optimizer.state[pb]["momentum_buffer"])
+        assert torch.equal(
+            plain.optimizer.state[pa]["momentum_buffer"], validated.optimizer.state[pb]["momentum_buffer"]
+        )
     assert plain.storage.history("loss_a").values() == validated.storage.history("loss_a").values()
     assert validated.storage.history("val_total_loss").values()  # it did run
 
@@ -160,7 +172,8 @@ def test_bn_stats_params_grads_and_flags_untouched_by_one_pass():
     assert torch.equal(model.linear.weight.grad, torch.full_like(model.linear.weight, 0.25))
     assert {name: m.training for name, m in model.named_modules()} == flags
     assert trainer.storage.latest()["val_loss_a"][0] == pytest.approx(
-        sum(_manual_losses(model, b)[0] for b in val) / 2, rel=1e-5)
+        sum(_manual_losses(model, b)[0] for b in val) / 2, rel=1e-5
+    )
 
 
 def test_flags_during_the_pass():
@@ -255,7 +268,9 @@ def _train_tool():
 
     from helpers import REPO_ROOT
 
-    spec = importlib.util.spec_from_file_location("lazyconfig_train_net", REPO_ROOT / "tools" / "lazyconfig_train_net.py")
+    spec = importlib.util.spec_from_file_location(
+        "lazyconfig_train_net", REPO_ROOT / "tools" / "lazyconfig_train_net.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -265,8 +280,9 @@ def test_tool_derives_the_loader_from_dataloader_test_and_runs_retinanet():
     """The train tool's loader for the hook (quick config): annotated batches of the test
     images at the test size, training batch size; the user's cfg is not modified. Then one
     pass of the real RetinaNet on 2 batches changes no state and keeps num_pos_anchors apart."""
-    from d2lite.config import LazyConfig, instantiate
     from helpers import QUICK_CONFIG, REPO_ROOT
+
+    from d2lite.config import LazyConfig, instantiate
 
     tool = _train_tool()
     cfg = LazyConfig.load(str(REPO_ROOT / QUICK_CONFIG))

@@ -3,7 +3,6 @@ import io
 import json
 import logging
 import math
-import os
 import uuid
 
 import numpy as np
@@ -249,8 +248,9 @@ def test_per_class_ap_follows_a_non_monotonic_id_mapping(tmp_path):
     (tmp_path / "i.json").write_text(json.dumps(_coco_dict()))
     name = f"eval_test_{uuid.uuid4().hex[:8]}"
     register_coco_instances(name, {}, str(tmp_path / "i.json"), str(tmp_path))
-    MetadataCatalog.get(name).set(thing_classes=["bird", "cat", "dog"],
-                                  thing_dataset_id_to_contiguous_id={90: 0, 1: 1, 5: 2})
+    MetadataCatalog.get(name).set(
+        thing_classes=["bird", "cat", "dog"], thing_dataset_id_to_contiguous_id={90: 0, 1: 1, 5: 2}
+    )
     try:
         birds = {
             img_id: [(0, [x, y, x + w, y + h], 1.0) for cat, (x, y, w, h) in objs if cat == 90]
@@ -402,7 +402,9 @@ def test_inference_on_dataset(coco_dataset, eval_log):
     model = _FakeDetector().train()
     loader = [[{"image_id": i}] for i in IMAGES] * 3  # 12 batches: 5 warm-up + 7 timed
     calls = []
-    callbacks = {k: (lambda k=k: calls.append(k)) for k in ("on_start", "before_inference", "after_inference", "on_end")}
+    callbacks = {
+        k: (lambda k=k: calls.append(k)) for k in ("on_start", "before_inference", "after_inference", "on_end")
+    }
     results = inference_on_dataset(model, loader, COCOEvaluator(name), callbacks=callbacks)
     assert results["bbox"]["AP"] == pytest.approx(100.0)
     assert model.training  # restored

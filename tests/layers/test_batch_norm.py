@@ -195,7 +195,11 @@ def _syncbn_worker(rank: int, world_size: int, port: int, norm: str, x: torch.Te
 
 @pytest.mark.parametrize(
     "norm",
-    ["SyncBN", pytest.param("naiveSyncBN", marks=pytest.mark.slow), pytest.param("naiveSyncBN_N", marks=pytest.mark.slow)],
+    [
+        "SyncBN",
+        pytest.param("naiveSyncBN", marks=pytest.mark.slow),
+        pytest.param("naiveSyncBN_N", marks=pytest.mark.slow),
+    ],
 )
 def test_syncbn_two_processes_equals_bn_on_whole_batch(tmp_path, norm):
     torch.manual_seed(1)

@@ -1,4 +1,5 @@
 """d2lite.model_zoo: locating and loading shipped configs (on a temporary config tree)."""
+
 import textwrap
 
 import pytest
@@ -89,7 +90,9 @@ def _targets_as_strings(obj):
     return obj
 
 
-@pytest.mark.parametrize("name", _shipped_configs() or [pytest.param("none", marks=pytest.mark.skip("no configs/ yet"))])
+@pytest.mark.parametrize(
+    "name", _shipped_configs() or [pytest.param("none", marks=pytest.mark.skip("no configs/ yet"))]
+)
 def test_shipped_config_roundtrips(name, tmp_path):
     """Every shipped leaf config loads, saves to YAML and to_py, and both reload equal."""
     import warnings

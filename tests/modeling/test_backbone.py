@@ -109,7 +109,9 @@ def test_fpn_top_block_from_p5_and_maxpool_and_avg():
     expected_p6 = fpn.top_block.p6(out["p5"])
     assert torch.allclose(out["p6"], expected_p6, atol=1e-6)
 
-    fpn = FPN(bottom_up, ["res2", "res3", "res4", "res5"], 16, top_block=LastLevelMaxPool(), fuse_type="avg", square_pad=128)
+    fpn = FPN(
+        bottom_up, ["res2", "res3", "res4", "res5"], 16, top_block=LastLevelMaxPool(), fuse_type="avg", square_pad=128
+    )
     assert fpn.padding_constraints == {"square_size": 128}
     out = fpn(torch.randn(1, 3, 64, 64))
     assert list(out) == ["p2", "p3", "p4", "p5", "p6"]

@@ -1,9 +1,9 @@
 """DenseDetector as an extension point: a minimal subclass with its own head and decoding."""
+
 import pytest
 import torch
 from torch import nn
 
-from d2lite.layers import ShapeSpec
 from d2lite.modeling import Backbone, Box2BoxTransform, DefaultAnchorGenerator, DenseDetector
 from d2lite.structures import Instances
 
@@ -58,8 +58,12 @@ class ToyDetector(DenseDetector):
         anchors = self.anchor_generator(features)
         return [
             self._decode_multi_level_predictions(
-                anchors, [x[i].sigmoid() for x in logits], [x[i] for x in deltas],
-                self.test_score_thresh, self.test_topk_candidates, size,
+                anchors,
+                [x[i].sigmoid() for x in logits],
+                [x[i] for x in deltas],
+                self.test_score_thresh,
+                self.test_topk_candidates,
+                size,
             )
             for i, size in enumerate(images.image_sizes)
         ]
@@ -110,7 +114,9 @@ def test_training_and_inference_through_base_forward():
     assert out.image_size == (96, 128)
     assert len(out) == 48 + 12 and out.pred_classes.tolist() == [0] * 60
     assert out.scores.tolist() == pytest.approx([torch.sigmoid(torch.tensor(2.0)).item()] * 60)
-    expected = [[2 * (8 * j + 4 - 4), 2 * (8 * i + 4 - 4), 2 * (8 * j + 8), 2 * (8 * i + 8)] for i in range(6) for j in range(8)]
+    expected = [
+        [2 * (8 * j + 4 - 4), 2 * (8 * i + 4 - 4), 2 * (8 * j + 8), 2 * (8 * i + 8)] for i in range(6) for j in range(8)
+    ]
     expected += [[2 * 16 * j, 2 * 16 * i, 2 * (16 * j + 16), 2 * (16 * i + 16)] for i in range(3) for j in range(4)]
     got = torch.tensor(sorted(out.pred_boxes.tensor.tolist()))
     assert torch.allclose(got, torch.tensor(sorted(expected), dtype=torch.float32), atol=1e-4)

@@ -37,8 +37,11 @@ def build_r50_retinanet(num_classes=80):
         top_block=LastLevelP6P7(in_channels=2048, out_channels=256),
     )
     head = RetinaNetHead(
-        input_shape=[ShapeSpec(channels=256)] * 5, num_classes=num_classes, conv_dims=[256, 256, 256, 256],
-        prior_prob=0.01, num_anchors=9,
+        input_shape=[ShapeSpec(channels=256)] * 5,
+        num_classes=num_classes,
+        conv_dims=[256, 256, 256, 256],
+        prior_prob=0.01,
+        num_anchors=9,
     )
     return RetinaNet(
         backbone=backbone,
@@ -68,14 +71,18 @@ def build_tiny_retinanet(num_classes=3, **kwargs):
     ]
     bottom_up = ResNet(BasicStem(3, 16, norm="BN"), stages, out_features=["res3", "res4", "res5"])
     backbone = FPN(bottom_up, ["res3", "res4", "res5"], 32, top_block=LastLevelP6P7(128, 32))
-    head = RetinaNetHead(input_shape=[ShapeSpec(channels=32)] * 5, num_classes=num_classes, num_anchors=9, conv_dims=[32, 32])
+    head = RetinaNetHead(
+        input_shape=[ShapeSpec(channels=32)] * 5, num_classes=num_classes, num_anchors=9, conv_dims=[32, 32]
+    )
     args = dict(
         backbone=backbone,
         head=head,
         head_in_features=["p3", "p4", "p5", "p6", "p7"],
         anchor_generator=DefaultAnchorGenerator(
             sizes=[[x, x * 2 ** (1.0 / 3), x * 2 ** (2.0 / 3)] for x in [16, 32, 64, 128, 256]],
-            aspect_ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32, 64, 128], offset=0.0,
+            aspect_ratios=[0.5, 1.0, 2.0],
+            strides=[8, 16, 32, 64, 128],
+            offset=0.0,
         ),
         box2box_transform=Box2BoxTransform(weights=[1.0, 1.0, 1.0, 1.0]),
         anchor_matcher=Matcher([0.4, 0.5], [0, -1, 1], allow_low_quality_matches=True),
@@ -91,9 +98,12 @@ def _image(h, w, boxes, classes, seed=0):
     g = torch.Generator().manual_seed(seed)
     img = torch.randint(0, 50, (3, h, w), generator=g).float()
     for (x0, y0, x1, y1), c in zip(boxes, classes):
-        img[:, int(y0):int(y1), int(x0):int(x1)] = 200.0 + 20 * c  # bright rectangles
-    inst = Instances((h, w), gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)),
-                     gt_classes=torch.tensor(classes, dtype=torch.int64))
+        img[:, int(y0) : int(y1), int(x0) : int(x1)] = 200.0 + 20 * c  # bright rectangles
+    inst = Instances(
+        (h, w),
+        gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)),
+        gt_classes=torch.tensor(classes, dtype=torch.int64),
+    )
     return {"image": img, "instances": inst, "height": h, "width": w}
 
 
@@ -119,7 +129,9 @@ def test_head_prior_bias_and_init():
     logits, deltas = head([torch.zeros(2, 64, 4, 6), torch.zeros(2, 64, 2, 3)])
     assert [tuple(x.shape) for x in logits] == [(2, 720, 4, 6), (2, 720, 2, 3)]
     assert [tuple(x.shape) for x in deltas] == [(2, 36, 4, 6), (2, 36, 2, 3)]
-    head = RetinaNetHead(input_shape=[ShapeSpec(channels=32)], num_classes=2, num_anchors=1, conv_dims=[32], prior_prob=0.5, norm="GN")
+    head = RetinaNetHead(
+        input_shape=[ShapeSpec(channels=32)], num_classes=2, num_anchors=1, conv_dims=[32], prior_prob=0.5, norm="GN"
+    )
     assert torch.allclose(head.cls_score.bias, torch.zeros(2))
     assert [type(m).__name__ for m in head.cls_subnet] == ["Conv2d", "GroupNorm", "ReLU"]
 
@@ -317,7 +329,7 @@ def test_vis_period_puts_image():
     model = build_tiny_retinanet(vis_period=1, test_score_thresh=0.0)
     with EventStorage(0) as storage:
         model(_batch())
-        (name, img, it), = storage.vis_data
+        ((name, img, it),) = storage.vis_data
     assert img.shape == (3, 128, 96) and 0 <= img.min() and img.max() <= 1
 
 

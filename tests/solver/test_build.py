@@ -41,8 +41,8 @@ def test_defaults_equal_model_parameters():
 def test_norm_bias_and_shared_params():
     net = _Net()
     groups = get_default_optimizer_params(
-        net, base_lr=0.01, weight_decay=1e-4, weight_decay_norm=0.0,
-        bias_lr_factor=2.0, weight_decay_bias=1e-5)
+        net, base_lr=0.01, weight_decay=1e-4, weight_decay_norm=0.0, bias_lr_factor=2.0, weight_decay_bias=1e-5
+    )
     hp = _hparams_of(groups)
     assert hp[id(net.conv.weight)] == {"lr": 0.01, "weight_decay": 1e-4}
     assert hp[id(net.conv.bias)] == {"lr": 0.02, "weight_decay": 1e-5}
@@ -81,8 +81,11 @@ def test_frozen_batchnorm_is_a_norm_type():
 def test_overrides_and_lr_factor_func():
     net = _Net()
     groups = get_default_optimizer_params(
-        net, base_lr=0.1, overrides={"embedding": {"lr": 0.5, "weight_decay": 0.0}},
-        lr_factor_func=lambda name: 0.1 if name.startswith("head.") else 1.0)
+        net,
+        base_lr=0.1,
+        overrides={"embedding": {"lr": 0.5, "weight_decay": 0.0}},
+        lr_factor_func=lambda name: 0.1 if name.startswith("head.") else 1.0,
+    )
     hp = _hparams_of(groups)
     assert hp[id(net.embedding)] == {"lr": 0.5, "weight_decay": 0.0}
     assert hp[id(net.head.weight)]["lr"] == pytest.approx(0.01)
@@ -97,20 +100,21 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="bias_lr_factor requires base_lr"):
         get_default_optimizer_params(net, bias_lr_factor=2.0)
     with pytest.raises(ValueError, match="Conflicting|conflicting"):
-        get_default_optimizer_params(net, base_lr=0.1, weight_decay_bias=0.0,
-                                     overrides={"bias": {"lr": 1.0}})
+        get_default_optimizer_params(net, base_lr=0.1, weight_decay_bias=0.0, overrides={"bias": {"lr": 1.0}})
     with pytest.raises(ValueError, match="lr_factor_func requires base_lr"):
         get_default_optimizer_params(net, lr_factor_func=lambda n: 1.0)
 
 
 def test_reduce_param_groups_merges_and_overwrites():
     a, b, c = (nn.Parameter(torch.zeros(1)) for _ in range(3))
-    groups = reduce_param_groups([
-        {"params": [a], "lr": 0.1},
-        {"params": [b], "lr": 0.1},
-        {"params": [c], "lr": 0.2},
-        {"params": [c], "lr": 0.1, "weight_decay": 0.0},  # later entry wins for c
-    ])
+    groups = reduce_param_groups(
+        [
+            {"params": [a], "lr": 0.1},
+            {"params": [b], "lr": 0.1},
+            {"params": [c], "lr": 0.2},
+            {"params": [c], "lr": 0.1, "weight_decay": 0.0},  # later entry wins for c
+        ]
+    )
     assert len(groups) == 2
     assert groups[0] == {"lr": 0.1, "params": [a, b]}
     assert groups[1]["params"] == [c] and groups[1]["weight_decay"] == 0.0

@@ -17,8 +17,7 @@ BASE_LR = 0.1
 
 
 def _optimizer(base_lr=BASE_LR, n_groups=1):
-    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": base_lr * (i + 1)}
-              for i in range(n_groups)]
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": base_lr * (i + 1)} for i in range(n_groups)]
     return torch.optim.SGD(groups, lr=base_lr, momentum=0.9)
 
 
@@ -34,37 +33,47 @@ def _lrs(opt, sched, n_iter):
 
 # Hand-computed: warmup_factor=0.001, warmup_iters=5, milestones=[10, 20], gamma=0.1.
 # linear at iter 2: alpha = 2/5 -> 0.001 * 0.6 + 0.4 = 0.4006.
-MULTISTEP_LINEAR = {0: 1e-4, 2: 0.04006, 4: 0.1 * (0.001 * 0.2 + 0.8), 5: 0.1, 9: 0.1,
-                    10: 0.01, 19: 0.01, 20: 0.001, 29: 0.001}
+MULTISTEP_LINEAR = {
+    0: 1e-4,
+    2: 0.04006,
+    4: 0.1 * (0.001 * 0.2 + 0.8),
+    5: 0.1,
+    9: 0.1,
+    10: 0.01,
+    19: 0.01,
+    20: 0.001,
+    29: 0.001,
+}
 MULTISTEP_CONSTANT = {0: 1e-4, 2: 1e-4, 4: 1e-4, 5: 0.1, 10: 0.01, 20: 0.001}
 
 
-@pytest.mark.parametrize("method,expected", [("linear", MULTISTEP_LINEAR),
-                                             ("constant", MULTISTEP_CONSTANT)])
+@pytest.mark.parametrize("method,expected", [("linear", MULTISTEP_LINEAR), ("constant", MULTISTEP_CONSTANT)])
 def test_warmup_multistep_lr(method, expected):
     opt = _optimizer()
-    sched = WarmupMultiStepLR(opt, [10, 20], gamma=0.1, warmup_factor=0.001,
-                              warmup_iters=5, warmup_method=method)
+    sched = WarmupMultiStepLR(opt, [10, 20], gamma=0.1, warmup_factor=0.001, warmup_iters=5, warmup_method=method)
     lrs = _lrs(opt, sched, 30)
     for it, lr in expected.items():
         assert lrs[it] == pytest.approx(lr, rel=1e-9), it
 
 
-@pytest.mark.parametrize("method,expected", [("linear", MULTISTEP_LINEAR),
-                                             ("constant", MULTISTEP_CONSTANT)])
+@pytest.mark.parametrize("method,expected", [("linear", MULTISTEP_LINEAR), ("constant", MULTISTEP_CONSTANT)])
 def test_lr_multiplier_warmup_multistep_matches_formula(method, expected):
     opt = _optimizer()
     multiplier = WarmupParamScheduler(
         MultiStepParamScheduler([1.0, 0.1, 0.01], milestones=[10, 20], num_updates=30),
-        warmup_factor=0.001, warmup_length=5 / 30, warmup_method=method)
+        warmup_factor=0.001,
+        warmup_length=5 / 30,
+        warmup_method=method,
+    )
     sched = LRMultiplier(opt, multiplier, max_iter=30)
     lrs = _lrs(opt, sched, 30)
     for it, lr in expected.items():
         assert lrs[it] == pytest.approx(lr, rel=1e-9), it
     # identical to the legacy scheduler at every iteration
     opt2 = _optimizer()
-    legacy = _lrs(opt2, WarmupMultiStepLR(opt2, [10, 20], warmup_factor=0.001, warmup_iters=5,
-                                          warmup_method=method), 30)
+    legacy = _lrs(
+        opt2, WarmupMultiStepLR(opt2, [10, 20], warmup_factor=0.001, warmup_iters=5, warmup_method=method), 30
+    )
     assert lrs == pytest.approx(legacy, rel=1e-9)
 
 
@@ -130,8 +139,8 @@ def test_lr_multiplier_resume_is_exact():
     def make():
         opt = _optimizer(n_groups=2)
         mult = WarmupParamScheduler(
-            MultiStepParamScheduler([1.0, 0.1, 0.01], milestones=[10, 20], num_updates=30),
-            0.001, 5 / 30)
+            MultiStepParamScheduler([1.0, 0.1, 0.01], milestones=[10, 20], num_updates=30), 0.001, 5 / 30
+        )
         return opt, LRMultiplier(opt, mult, max_iter=30)
 
     opt, sched = make()

@@ -69,9 +69,7 @@ def test_area_centers_scale():
 def test_clip():
     b = Boxes([[-5.0, -3.0, 25.0, 12.0], [2.0, 3.0, 4.0, 5.0], [30.0, 1.0, 40.0, 2.0]])
     b.clip((10, 20))  # (height, width)
-    assert torch.equal(
-        b.tensor, torch.tensor([[0.0, 0.0, 20.0, 10.0], [2.0, 3.0, 4.0, 5.0], [20.0, 1.0, 20.0, 2.0]])
-    )
+    assert torch.equal(b.tensor, torch.tensor([[0.0, 0.0, 20.0, 10.0], [2.0, 3.0, 4.0, 5.0], [20.0, 1.0, 20.0, 2.0]]))
     with pytest.raises(FloatingPointError):
         Boxes([[0.0, float("nan"), 1.0, 1.0]]).clip((10, 10))
 

@@ -22,7 +22,7 @@ def test_fields_set_get_has_remove():
     with pytest.raises(KeyError, match="scores"):
         inst.remove("scores")
     with pytest.raises(AttributeError, match="Cannot find field 'scores'"):
-        inst.scores
+        _ = inst.scores
 
 
 def test_set_wrong_length_raises():

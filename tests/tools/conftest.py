@@ -1,6 +1,6 @@
 """Runs of the real tools as subprocesses, shared by the tool tests."""
-import pytest
 
+import pytest
 from helpers import QUICK_CONFIG, SHORT, run_tool
 
 

@@ -1,10 +1,10 @@
 """End-to-end runs of tools/lazyconfig_train_net.py on the shapes dataset."""
+
 import json
 import re
 
 import pytest
 import torch
-
 from helpers import QUICK_CONFIG, SHORT, retry_once, run_tool
 
 pytestmark = pytest.mark.slow
@@ -41,9 +41,17 @@ def test_train_writes_outputs_and_evaluates(trained_run):
 def test_training_lowers_the_loss(tmp_path):
     """40 real iterations of the demo recipe on shapes: the logged loss falls."""
     out = tmp_path / "loss"
-    proc = run_tool("lazyconfig_train_net.py", "--config-file", QUICK_CONFIG, *SHORT, "train.max_iter=40",
-                    "train.eval_period=1000", "train.checkpointer.period=1000", "dataloader.train.total_batch_size=4",
-                    f"train.output_dir={out}")
+    proc = run_tool(
+        "lazyconfig_train_net.py",
+        "--config-file",
+        QUICK_CONFIG,
+        *SHORT,
+        "train.max_iter=40",
+        "train.eval_period=1000",
+        "train.checkpointer.period=1000",
+        "dataloader.train.total_batch_size=4",
+        f"train.output_dir={out}",
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     losses = {}
     for line in (out / "metrics.json").read_text().splitlines():
@@ -57,8 +65,13 @@ def test_training_lowers_the_loss(tmp_path):
 def test_eval_only_reproduces_ap(trained_run, tmp_path):
     out, console = trained_run
     proc = run_tool(
-        "lazyconfig_train_net.py", "--config-file", QUICK_CONFIG, "--eval-only",
-        f"train.init_checkpoint={out / 'model_final.pth'}", f"train.output_dir={tmp_path}", "dataloader.test.num_workers=0",
+        "lazyconfig_train_net.py",
+        "--config-file",
+        QUICK_CONFIG,
+        "--eval-only",
+        f"train.init_checkpoint={out / 'model_final.pth'}",
+        f"train.output_dir={tmp_path}",
+        "dataloader.test.num_workers=0",
         "model.test_score_thresh=0.0",
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
@@ -72,8 +85,14 @@ def test_resume_continues_from_last_checkpoint(trained_run, tmp_path):
     resumed = tmp_path / "run"
     shutil.copytree(out, resumed)
     proc = run_tool(
-        "lazyconfig_train_net.py", "--config-file", QUICK_CONFIG, "--resume", *SHORT,
-        "train.max_iter=6", "train.eval_period=100", f"train.output_dir={resumed}",
+        "lazyconfig_train_net.py",
+        "--config-file",
+        QUICK_CONFIG,
+        "--resume",
+        *SHORT,
+        "train.max_iter=6",
+        "train.eval_period=100",
+        f"train.output_dir={resumed}",
     )
     assert proc.returncode == 0, proc.stderr[-5000:]
     console = proc.stdout + proc.stderr
@@ -86,19 +105,39 @@ def test_resume_continues_from_last_checkpoint(trained_run, tmp_path):
 
 def test_ema_clipping_and_bf16_from_the_train_section(tmp_path):
     out = tmp_path / "ema"
-    switches = ["train.ema.enabled=True", "train.ema.momentum=0.1", "train.clip_grad.enabled=True",
-                "train.clip_grad.clip_value=5.0", "train.amp.enabled=True"]
-    proc = run_tool("lazyconfig_train_net.py", "--config-file", QUICK_CONFIG, *SHORT, *switches,
-                    "train.eval_period=100", f"train.output_dir={out}")
+    switches = [
+        "train.ema.enabled=True",
+        "train.ema.momentum=0.1",
+        "train.clip_grad.enabled=True",
+        "train.clip_grad.clip_value=5.0",
+        "train.amp.enabled=True",
+    ]
+    proc = run_tool(
+        "lazyconfig_train_net.py",
+        "--config-file",
+        QUICK_CONFIG,
+        *SHORT,
+        *switches,
+        "train.eval_period=100",
+        f"train.output_dir={out}",
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     checkpoint = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
-    ema = {k[len("module."):]: v for k, v in checkpoint["ema"].items() if k.startswith("module.")}
+    ema = {k[len("module.") :]: v for k, v in checkpoint["ema"].items() if k.startswith("module.")}
     assert ema.keys() == checkpoint["model"].keys()
     # The EMA lags the trained weights.
     assert any(not torch.equal(ema[k], checkpoint["model"][k]) for k in ema if ema[k].is_floating_point())
-    proc = run_tool("lazyconfig_train_net.py", "--config-file", QUICK_CONFIG, "--eval-only", *switches,
-                    f"train.init_checkpoint={out / 'model_final.pth'}", f"train.output_dir={tmp_path / 'eval'}",
-                    "dataloader.test.num_workers=0", "model.test_score_thresh=0.0")
+    proc = run_tool(
+        "lazyconfig_train_net.py",
+        "--config-file",
+        QUICK_CONFIG,
+        "--eval-only",
+        *switches,
+        f"train.init_checkpoint={out / 'model_final.pth'}",
+        f"train.output_dir={tmp_path / 'eval'}",
+        "dataloader.test.num_workers=0",
+        "model.test_score_thresh=0.0",
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "Evaluating the EMA weights" in proc.stdout + proc.stderr
     _bbox_ap(proc.stdout + proc.stderr)
@@ -108,8 +147,15 @@ def test_validation_losses_leave_training_unchanged(trained_run, tmp_path):
     """train.val_loss.period=2: val_* scalars at iterations 1 and 3; the training
     scalars are exactly those of the same run without validation (trained_run)."""
     out = tmp_path / "val_loss"
-    proc = run_tool("lazyconfig_train_net.py", "--config-file", QUICK_CONFIG, *SHORT, "train.val_loss.period=2",
-                    "train.val_loss.num_batches=2", f"train.output_dir={out}")
+    proc = run_tool(
+        "lazyconfig_train_net.py",
+        "--config-file",
+        QUICK_CONFIG,
+        *SHORT,
+        "train.val_loss.period=2",
+        "train.val_loss.num_batches=2",
+        f"train.output_dir={out}",
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     lines = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     val_names = ("val_total_loss", "val_loss_cls", "val_loss_box_reg", "val_num_pos_anchors")
@@ -121,9 +167,13 @@ def test_validation_losses_leave_training_unchanged(trained_run, tmp_path):
             assert line["val_num_pos_anchors"] > 0
     plain = [json.loads(line) for line in (trained_run[0] / "metrics.json").read_text().splitlines()]
     training_keys = ("total_loss", "loss_cls", "loss_box_reg", "num_pos_anchors", "lr")
-    strip = lambda rows: [{k: r[k] for k in ("iteration",) + training_keys if k in r} for r in rows if "total_loss" in r]
+    strip = lambda rows: [
+        {k: r[k] for k in ("iteration",) + training_keys if k in r} for r in rows if "total_loss" in r
+    ]
     assert strip(lines) == strip(plain)
-    assert [line["bbox/AP"] for line in lines if "bbox/AP" in line] == [line["bbox/AP"] for line in plain if "bbox/AP" in line]
+    assert [line["bbox/AP"] for line in lines if "bbox/AP" in line] == [
+        line["bbox/AP"] for line in plain if "bbox/AP" in line
+    ]
     console = proc.stdout + proc.stderr
     assert "Validation losses after iteration 3" in console
 
@@ -133,8 +183,17 @@ def test_two_cpu_processes(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("runs the CPU (gloo) path")
     out = tmp_path / "ddp"
-    proc = retry_once(lambda: run_tool("lazyconfig_train_net.py", "--num-gpus", "2", "--config-file", QUICK_CONFIG,
-                                       *SHORT, f"train.output_dir={out}"))
+    proc = retry_once(
+        lambda: run_tool(
+            "lazyconfig_train_net.py",
+            "--num-gpus",
+            "2",
+            "--config-file",
+            QUICK_CONFIG,
+            *SHORT,
+            f"train.output_dir={out}",
+        )
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     console = proc.stdout + proc.stderr
     assert "World size: 2" in console or "world size: 2" in console.lower(), console[-3000:]

@@ -1,4 +1,5 @@
 """The real TensorBoard server reads a finished run: scalars and images are there."""
+
 import json
 import socket
 import subprocess
@@ -28,9 +29,22 @@ def tensorboard_url(trained_run):
     out, _ = trained_run
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(out), "--host", "127.0.0.1",
-         "--port", str(port), "--load_fast", "false"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(out),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast",
+            "false",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -43,7 +57,9 @@ def tensorboard_url(trained_run):
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"tensorboard did not serve {out}: {proc.stdout.read() if proc.poll() is not None else ''}")
+                raise RuntimeError(
+                    f"tensorboard did not serve {out}: {proc.stdout.read() if proc.poll() is not None else ''}"
+                )
             time.sleep(0.5)
         yield url
     finally:
@@ -56,8 +72,17 @@ def test_scalars_and_images_served(tensorboard_url, trained_run):
     tags = _get(f"{tensorboard_url}/data/plugin/scalars/tags")
     run = next(iter(tags))
     scalar_tags = set(tags[run])
-    for tag in ("total_loss", "loss_cls", "loss_box_reg", "lr", "time", "data_time", "num_pos_anchors",
-                "bbox/AP", "bbox/AP50"):
+    for tag in (
+        "total_loss",
+        "loss_cls",
+        "loss_box_reg",
+        "lr",
+        "time",
+        "data_time",
+        "num_pos_anchors",
+        "bbox/AP",
+        "bbox/AP50",
+    ):
         assert tag in scalar_tags, (tag, sorted(scalar_tags))
     # The values TensorBoard serves are the ones metrics.json recorded.
     query = urllib.parse.urlencode({"run": run, "tag": "total_loss"})

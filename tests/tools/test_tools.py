@@ -1,14 +1,13 @@
 """The user-facing tools run on the demo config and write what they promise."""
+
 import json
 import shutil
 import sys
 
 import numpy as np
-import pytest
 import torch
-from PIL import Image
-
 from helpers import QUICK_CONFIG, REPO_ROOT
+from PIL import Image
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 
@@ -27,7 +26,9 @@ CONFIG = str(REPO_ROOT / QUICK_CONFIG)
 
 def test_dump_config_yaml_round_trips_with_overrides(tmp_path):
     out = tmp_path / "cfg.yaml"
-    assert dump_config.main(["--config-file", CONFIG, "--format", "yaml", "--output", str(out), "train.max_iter=7"]) == 0
+    assert (
+        dump_config.main(["--config-file", CONFIG, "--format", "yaml", "--output", str(out), "train.max_iter=7"]) == 0
+    )
     cfg = LazyConfig.load(str(out))
     assert cfg.train.max_iter == 7
     original = LazyConfig.apply_overrides(LazyConfig.load(CONFIG), ["train.max_iter=7"])
@@ -68,10 +69,24 @@ def test_predict_writes_images_and_json(tmp_path, capsys):
     for d in DatasetCatalog.get("shapes_val")[:2]:
         shutil.copy(d["file_name"], images)
     out = tmp_path / "pred"
-    assert predict.main(["--config-file", CONFIG, "--input", str(images), "--output", str(out),
-                         "--confidence-threshold", "0.0", f"train.init_checkpoint={tmp_path / 'weights.pth'}",
-                         # An untrained model scores ~0.01 (the prior): keep every candidate.
-                         "model.test_score_thresh=0.0"]) == 0
+    assert (
+        predict.main(
+            [
+                "--config-file",
+                CONFIG,
+                "--input",
+                str(images),
+                "--output",
+                str(out),
+                "--confidence-threshold",
+                "0.0",
+                f"train.init_checkpoint={tmp_path / 'weights.pth'}",
+                # An untrained model scores ~0.01 (the prior): keep every candidate.
+                "model.test_score_thresh=0.0",
+            ]
+        )
+        == 0
+    )
     drawn = sorted(out.glob("*.png"))
     assert len(drawn) == 2
     source = np.asarray(Image.open(sorted(images.iterdir())[0]))
@@ -89,15 +104,45 @@ def test_predict_missing_input_is_an_error(tmp_path, capsys):
 def test_visualize_data_writes_augmented_images(tmp_path):
     assert visualize_data.main(["--config-file", CONFIG, "--output-dir", str(tmp_path), "--num-images", "3"]) == 0
     assert len(list(tmp_path.glob("*.png"))) == 3
-    assert visualize_data.main(["--config-file", CONFIG, "--source", "annotation", "--output-dir",
-                                str(tmp_path / "raw"), "--num-images", "2"]) == 0
+    assert (
+        visualize_data.main(
+            [
+                "--config-file",
+                CONFIG,
+                "--source",
+                "annotation",
+                "--output-dir",
+                str(tmp_path / "raw"),
+                "--num-images",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "raw").glob("*.png"))) == 2
 
 
 def test_benchmark_reports_each_task(capsys):
-    assert benchmark.main(["--config-file", CONFIG, "--task", "data", "train", "eval", "--num-iter", "2",
-                           "--warmup", "1", "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
-                           "dataloader.test.num_workers=0"]) == 0
+    assert (
+        benchmark.main(
+            [
+                "--config-file",
+                CONFIG,
+                "--task",
+                "data",
+                "train",
+                "eval",
+                "--num-iter",
+                "2",
+                "--warmup",
+                "1",
+                "dataloader.train.total_batch_size=2",
+                "dataloader.train.num_workers=0",
+                "dataloader.test.num_workers=0",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "data:" in out and "images/s" in out
     assert "train:" in out and "s/iter" in out

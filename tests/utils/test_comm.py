@@ -1,5 +1,6 @@
 """Single-process behaviour of d2lite.utils.comm; the multi-process behaviour is
 tested in tests/engine/test_launch.py (two gloo processes)."""
+
 import numpy as np
 import torch
 

@@ -19,8 +19,9 @@ def test_draw_boxes_outlines_box_and_keeps_input():
 def test_draw_boxes_labels_with_names_and_scores():
     image = np.zeros((60, 80, 3), dtype=np.uint8)
     plain = draw_boxes(image, np.array([[20.0, 30.0, 60.0, 50.0]]), classes=[0])
-    labelled = draw_boxes(image, np.array([[20.0, 30.0, 60.0, 50.0]]), classes=[0], scores=[0.9],
-                          class_names=["circle"])
+    labelled = draw_boxes(
+        image, np.array([[20.0, 30.0, 60.0, 50.0]]), classes=[0], scores=[0.9], class_names=["circle"]
+    )
     # The label is drawn above the box.
     assert labelled[19:30, 20:60].sum() > plain[19:30, 20:60].sum()
 

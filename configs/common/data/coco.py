@@ -3,6 +3,7 @@
 Files are read from ``$D2LITE_DATASETS/coco`` (default ``./datasets/coco``):
 ``annotations/instances_{train,val}2017.json`` and ``{train,val}2017/``.
 """
+
 from omegaconf import OmegaConf
 
 from d2lite.config import LazyCall as L

@@ -1,4 +1,5 @@
 """Samplers: infinite seeded training samplers, inference sharding, grouped batches."""
+
 from .distributed_sampler import (
     InferenceSampler,
     RandomSubsetTrainingSampler,

@@ -1,4 +1,5 @@
 """Samplers for training (infinite, seeded, sharded by rank) and inference."""
+
 import itertools
 import logging
 import math
@@ -79,8 +80,14 @@ class RandomSubsetTrainingSampler(TrainingSampler):
     """Like :class:`TrainingSampler`, but only a random ``subset_ratio`` of the dataset
     (chosen once with ``seed_subset``) is used."""
 
-    def __init__(self, size: int, subset_ratio: float, shuffle: bool = True,
-                 seed_shuffle: Optional[int] = None, seed_subset: Optional[int] = None):
+    def __init__(
+        self,
+        size: int,
+        subset_ratio: float,
+        shuffle: bool = True,
+        seed_shuffle: Optional[int] = None,
+        seed_subset: Optional[int] = None,
+    ):
         super().__init__(size=size, shuffle=shuffle, seed=seed_shuffle)
         if not 0.0 < subset_ratio <= 1.0:
             raise ValueError(f"subset_ratio must be in (0, 1], got {subset_ratio}.")
@@ -129,8 +136,9 @@ class RepeatFactorTrainingSampler(_InfiniteShardedSampler):
         self._frac_part = repeat_factors - self._int_part
 
     @staticmethod
-    def repeat_factors_from_category_frequency(dataset_dicts: List[Dict[str, Any]], repeat_thresh: float,
-                                               sqrt: bool = True) -> torch.Tensor:
+    def repeat_factors_from_category_frequency(
+        dataset_dicts: List[Dict[str, Any]], repeat_thresh: float, sqrt: bool = True
+    ) -> torch.Tensor:
         """Repeat factor of each image from category frequencies.
 
         For category c with image frequency f(c) (fraction of images containing it),

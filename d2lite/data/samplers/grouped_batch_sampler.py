@@ -1,4 +1,5 @@
 """Batch sampler that groups indices of the same group id (e.g. aspect ratio)."""
+
 from typing import Iterator, List
 
 import numpy as np
@@ -18,9 +19,7 @@ class GroupedBatchSampler(BatchSampler):
             batch_size: size of each batch.
         """
         if not isinstance(sampler, Sampler):
-            raise ValueError(
-                f"sampler should be an instance of torch.utils.data.Sampler, but got sampler={sampler}"
-            )
+            raise ValueError(f"sampler should be an instance of torch.utils.data.Sampler, but got sampler={sampler}")
         self.sampler = sampler
         self.group_ids = np.asarray(group_ids)
         if self.group_ids.ndim != 1:

@@ -1,4 +1,5 @@
 """Transforms (deterministic) and augmentations (random policies producing transforms)."""
+
 from fvcore.transforms.transform import (
     BlendTransform,
     CropTransform,
@@ -11,8 +12,8 @@ from fvcore.transforms.transform import (
 )
 
 from .augmentation import (
-    Augmentation,
     AugInput,
+    Augmentation,
     AugmentationList,
     StandardAugInput,
     TransformGen,

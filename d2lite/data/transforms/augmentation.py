@@ -5,6 +5,7 @@ Same protocol as detectron2: ``aug.get_transform(*inputs) -> Transform``;
 ``aug.input_args`` (default: the parameter names of ``get_transform``), applies it
 to ``aug_input`` in place and returns it.
 """
+
 import inspect
 import pprint
 from typing import Any, List, Optional, Tuple, Union
@@ -86,8 +87,7 @@ class Augmentation:
         tfm = self.get_transform(*args)
         if not isinstance(tfm, (Transform, TransformList)):
             raise TypeError(
-                f"{type(self)}.get_transform must return an instance of Transform! "
-                f"Got {type(tfm)} instead."
+                f"{type(self)}.get_transform must return an instance of Transform! Got {type(tfm)} instead."
             )
         aug_input.transform(tfm)
         return tfm
@@ -175,8 +175,7 @@ class AugInput:
         sem_seg: ``(H, W)`` integer array, or None.
     """
 
-    def __init__(self, image: np.ndarray, *, boxes: Optional[np.ndarray] = None,
-                 sem_seg: Optional[np.ndarray] = None):
+    def __init__(self, image: np.ndarray, *, boxes: Optional[np.ndarray] = None, sem_seg: Optional[np.ndarray] = None):
         _check_img_dtype(image)
         self.image = image
         self.boxes = boxes

@@ -2,6 +2,7 @@
 
 Sizes are ``(height, width)`` in pixels unless the argument name says otherwise.
 """
+
 import logging
 import sys
 from typing import Sequence, Tuple, Union
@@ -111,8 +112,13 @@ class ResizeShortestEdge(Augmentation):
     Example: a 480x640 image with short edge 800 and max_size 1000 becomes 750x1000.
     """
 
-    def __init__(self, short_edge_length: Union[int, Sequence[int]], max_size: int = sys.maxsize,
-                 sample_style: str = "range", interp: int = Image.BILINEAR):
+    def __init__(
+        self,
+        short_edge_length: Union[int, Sequence[int]],
+        max_size: int = sys.maxsize,
+        sample_style: str = "range",
+        interp: int = Image.BILINEAR,
+    ):
         super().__init__()
         if sample_style not in ("range", "choice"):
             raise ValueError(f"sample_style must be 'range' or 'choice', got '{sample_style}'.")
@@ -121,8 +127,7 @@ class ResizeShortestEdge(Augmentation):
             short_edge_length = (short_edge_length, short_edge_length)
         if self.is_range and len(short_edge_length) != 2:
             raise ValueError(
-                "short_edge_length must be two values using 'range' sample style."
-                f" Got {short_edge_length}!"
+                f"short_edge_length must be two values using 'range' sample style. Got {short_edge_length}!"
             )
         self._init(locals())
 
@@ -161,8 +166,9 @@ class ResizeScale(Augmentation):
     aspect ratio; ``scale`` is sampled uniformly from ``[min_scale, max_scale]``
     (large-scale jitter, used with :class:`FixedSizeCrop`)."""
 
-    def __init__(self, min_scale: float, max_scale: float, target_height: int, target_width: int,
-                 interp: int = Image.BILINEAR):
+    def __init__(
+        self, min_scale: float, max_scale: float, target_height: int, target_width: int, interp: int = Image.BILINEAR
+    ):
         super().__init__()
         self._init(locals())
 
@@ -170,13 +176,9 @@ class ResizeScale(Augmentation):
         input_size = image.shape[:2]
         target_size = (self.target_height, self.target_width)
         target_scale_size = np.multiply(target_size, scale)
-        output_scale = np.minimum(
-            target_scale_size[0] / input_size[0], target_scale_size[1] / input_size[1]
-        )
+        output_scale = np.minimum(target_scale_size[0] / input_size[0], target_scale_size[1] / input_size[1])
         output_size = np.round(np.multiply(input_size, output_scale)).astype(int)
-        return ResizeTransform(
-            input_size[0], input_size[1], int(output_size[0]), int(output_size[1]), self.interp
-        )
+        return ResizeTransform(input_size[0], input_size[1], int(output_size[0]), int(output_size[1]), self.interp)
 
     def get_transform(self, image: np.ndarray) -> Transform:
         random_scale = np.random.uniform(self.min_scale, self.max_scale)
@@ -187,8 +189,9 @@ class FixedSizeCrop(Augmentation):
     """Randomly crop a ``crop_size`` = (h, w) window if the image is larger; if ``pad``,
     pad the bottom/right with ``pad_value`` up to ``crop_size`` when it is smaller."""
 
-    def __init__(self, crop_size: Tuple[int, int], pad: bool = True, pad_value: float = 128.0,
-                 seg_pad_value: int = 255):
+    def __init__(
+        self, crop_size: Tuple[int, int], pad: bool = True, pad_value: float = 128.0, seg_pad_value: int = 255
+    ):
         super().__init__()
         crop_size = tuple(crop_size)
         self._init(locals())
@@ -199,8 +202,12 @@ class FixedSizeCrop(Augmentation):
         max_offset = np.maximum(np.subtract(input_size, output_size), 0)
         offset = np.round(np.multiply(max_offset, np.random.uniform(0.0, 1.0))).astype(int)
         return CropTransform(
-            int(offset[1]), int(offset[0]), int(output_size[1]), int(output_size[0]),
-            int(input_size[1]), int(input_size[0]),
+            int(offset[1]),
+            int(offset[0]),
+            int(output_size[1]),
+            int(output_size[0]),
+            int(input_size[1]),
+            int(input_size[0]),
         )
 
     def _get_pad(self, image: np.ndarray) -> Transform:
@@ -209,8 +216,14 @@ class FixedSizeCrop(Augmentation):
         pad_size = np.maximum(np.subtract(output_size, input_size), 0)
         original_size = np.minimum(input_size, output_size)
         return PadTransform(
-            0, 0, int(pad_size[1]), int(pad_size[0]), int(original_size[1]), int(original_size[0]),
-            self.pad_value, self.seg_pad_value,
+            0,
+            0,
+            int(pad_size[1]),
+            int(pad_size[0]),
+            int(original_size[1]),
+            int(original_size[0]),
+            self.pad_value,
+            self.seg_pad_value,
         )
 
     def get_transform(self, image: np.ndarray) -> TransformList:
@@ -324,9 +337,7 @@ class RandomSaturation(Augmentation):
 
     def get_transform(self, image: np.ndarray) -> Transform:
         if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(
-                f"RandomSaturation only works on 3-channel images, got shape {image.shape}."
-            )
+            raise ValueError(f"RandomSaturation only works on 3-channel images, got shape {image.shape}.")
         w = np.random.uniform(self.intensity_min, self.intensity_max)
         grayscale = image.dot([0.299, 0.587, 0.114])[:, :, np.newaxis]
         return BlendTransform(src_image=grayscale, src_weight=1 - w, dst_weight=w)
@@ -339,17 +350,11 @@ class RandomLighting(Augmentation):
     def __init__(self, scale: float):
         super().__init__()
         self._init(locals())
-        self.eigen_vecs = np.array(
-            [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
-        )
+        self.eigen_vecs = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
         self.eigen_vals = np.array([0.2175, 0.0188, 0.0045])
 
     def get_transform(self, image: np.ndarray) -> Transform:
         if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(
-                f"RandomLighting only works on 3-channel images, got shape {image.shape}."
-            )
+            raise ValueError(f"RandomLighting only works on 3-channel images, got shape {image.shape}.")
         weights = np.random.normal(scale=self.scale, size=3)
-        return BlendTransform(
-            src_image=self.eigen_vecs.dot(weights * self.eigen_vals), src_weight=1.0, dst_weight=1.0
-        )
+        return BlendTransform(src_image=self.eigen_vecs.dot(weights * self.eigen_vals), src_weight=1.0, dst_weight=1.0)

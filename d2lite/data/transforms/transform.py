@@ -5,6 +5,7 @@ blend come from fvcore; this module adds resize, extent and colour transforms.
 Coordinates are ``(N, 2)`` float arrays of absolute ``(x, y)`` pixels; boxes are
 ``(N, 4)`` XYXY absolute pixels; images are ``(H, W)`` or ``(H, W, C)`` arrays.
 """
+
 from typing import Callable, Tuple
 
 import numpy as np
@@ -62,8 +63,7 @@ class ResizeTransform(Transform):
     def apply_image(self, img: np.ndarray, interp: int = None) -> np.ndarray:
         if img.shape[:2] != (self.h, self.w):
             raise ValueError(
-                f"ResizeTransform expects an image of size {(self.h, self.w)}, "
-                f"got {tuple(img.shape[:2])}."
+                f"ResizeTransform expects an image of size {(self.h, self.w)}, got {tuple(img.shape[:2])}."
             )
         interp_method = interp if interp is not None else self.interp
         if img.dtype == np.uint8 and (img.ndim == 2 or img.shape[2] in (1, 3, 4)):
@@ -103,8 +103,13 @@ class ExtentTransform(Transform):
     """Crop the rectangle ``src_rect`` (x0, y0, x1, y1; may extend outside the
     image, filled with ``fill``) and resize it to ``output_size`` (h, w)."""
 
-    def __init__(self, src_rect: Tuple[float, float, float, float], output_size: Tuple[int, int],
-                 interp: int = Image.BILINEAR, fill: int = 0):
+    def __init__(
+        self,
+        src_rect: Tuple[float, float, float, float],
+        output_size: Tuple[int, int],
+        interp: int = Image.BILINEAR,
+        fill: int = 0,
+    ):
         super().__init__()
         self._set_attributes(locals())
 

@@ -1,4 +1,5 @@
 """Backbones: ResNet and FPN with detectron2's names."""
+
 from .backbone import Backbone
 from .fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 from .resnet import BasicBlock, BasicStem, BottleneckBlock, CNNBlockBase, ResNet, ResNetBlockBase, make_stage

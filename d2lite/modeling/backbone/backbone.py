@@ -1,4 +1,5 @@
 """Abstract base class of all backbones."""
+
 from abc import ABCMeta, abstractmethod
 from typing import Dict
 
@@ -46,8 +47,6 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     def output_shape(self) -> Dict[str, ShapeSpec]:
         """Channels and stride of each output feature, keyed by name."""
         return {
-            name: ShapeSpec(
-                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
-            )
+            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
             for name in self._out_features
         }

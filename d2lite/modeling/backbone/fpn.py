@@ -1,4 +1,5 @@
 """Feature Pyramid Network (Lin et al.) with detectron2's module names."""
+
 import math
 from typing import Dict, List, Optional
 
@@ -117,7 +118,12 @@ class FPN(Backbone):
                 in_channels, out_channels, kernel_size=1, bias=use_bias, norm=get_norm(norm, out_channels)
             )
             output_conv = Conv2d(
-                out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=use_bias,
+                out_channels,
+                out_channels,
+                kernel_size=3,
+                stride=1,
+                padding=1,
+                bias=use_bias,
                 norm=get_norm(norm, out_channels),
             )
             weight_init.c2_xavier_fill(lateral_conv)

@@ -1,4 +1,5 @@
 """ResNet (18/34/50/101/152) with detectron2's module and parameter names."""
+
 from typing import Dict, List, Optional, Type
 
 import numpy as np
@@ -29,17 +30,31 @@ class BasicBlock(CNNBlockBase):
         super().__init__(in_channels, out_channels, stride)
         if in_channels != out_channels:
             self.shortcut = Conv2d(
-                in_channels, out_channels, kernel_size=1, stride=stride, bias=False,
+                in_channels,
+                out_channels,
+                kernel_size=1,
+                stride=stride,
+                bias=False,
                 norm=get_norm(norm, out_channels),
             )
         else:
             self.shortcut = None
         self.conv1 = Conv2d(
-            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False,
+            in_channels,
+            out_channels,
+            kernel_size=3,
+            stride=stride,
+            padding=1,
+            bias=False,
             norm=get_norm(norm, out_channels),
         )
         self.conv2 = Conv2d(
-            out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False,
+            out_channels,
+            out_channels,
+            kernel_size=3,
+            stride=1,
+            padding=1,
+            bias=False,
             norm=get_norm(norm, out_channels),
         )
         for layer in [self.conv1, self.conv2, self.shortcut]:
@@ -82,7 +97,11 @@ class BottleneckBlock(CNNBlockBase):
         super().__init__(in_channels, out_channels, stride)
         if in_channels != out_channels:
             self.shortcut = Conv2d(
-                in_channels, out_channels, kernel_size=1, stride=stride, bias=False,
+                in_channels,
+                out_channels,
+                kernel_size=1,
+                stride=stride,
+                bias=False,
                 norm=get_norm(norm, out_channels),
             )
         else:
@@ -90,16 +109,29 @@ class BottleneckBlock(CNNBlockBase):
 
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = Conv2d(
-            in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, bias=False,
+            in_channels,
+            bottleneck_channels,
+            kernel_size=1,
+            stride=stride_1x1,
+            bias=False,
             norm=get_norm(norm, bottleneck_channels),
         )
         self.conv2 = Conv2d(
-            bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride_3x3,
-            padding=1 * dilation, bias=False, groups=num_groups, dilation=dilation,
+            bottleneck_channels,
+            bottleneck_channels,
+            kernel_size=3,
+            stride=stride_3x3,
+            padding=1 * dilation,
+            bias=False,
+            groups=num_groups,
+            dilation=dilation,
             norm=get_norm(norm, bottleneck_channels),
         )
         self.conv3 = Conv2d(
-            bottleneck_channels, out_channels, kernel_size=1, bias=False,
+            bottleneck_channels,
+            out_channels,
+            kernel_size=1,
+            bias=False,
             norm=get_norm(norm, out_channels),
         )
         for layer in [self.conv1, self.conv2, self.conv3, self.shortcut]:
@@ -121,7 +153,12 @@ class BasicStem(CNNBlockBase):
     def __init__(self, in_channels: int = 3, out_channels: int = 64, norm="BN"):
         super().__init__(in_channels, out_channels, 4)
         self.conv1 = Conv2d(
-            in_channels, out_channels, kernel_size=7, stride=2, padding=3, bias=False,
+            in_channels,
+            out_channels,
+            kernel_size=7,
+            stride=2,
+            padding=3,
+            bias=False,
             norm=get_norm(norm, out_channels),
         )
         weight_init.c2_msra_fill(self.conv1)
@@ -172,9 +209,7 @@ class ResNet(Backbone):
         if out_features is not None:
             unknown = [f for f in out_features if f not in _STAGE_INDEX and f not in ("stem", "linear")]
             if unknown:
-                raise ValueError(
-                    f"ResNet: unknown out_features {unknown}; choose from stem, res2..res5, linear"
-                )
+                raise ValueError(f"ResNet: unknown out_features {unknown}; choose from stem, res2..res5, linear")
             # Skip the stages that no requested feature needs.
             num_stages = max(_STAGE_INDEX.get(f, 0) for f in out_features)
             if "linear" in out_features:
@@ -212,9 +247,7 @@ class ResNet(Backbone):
         children = [x[0] for x in self.named_children()]
         for out_feature in self._out_features:
             if out_feature not in children:
-                raise ValueError(
-                    f"ResNet: out_feature '{out_feature}' is not available; have {', '.join(children)}"
-                )
+                raise ValueError(f"ResNet: out_feature '{out_feature}' is not available; have {', '.join(children)}")
         self.freeze(freeze_at)
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
@@ -286,9 +319,7 @@ class ResNet(Backbone):
             for k, v in kwargs.items():
                 if k.endswith("_per_block"):
                     if len(v) != num_blocks:
-                        raise ValueError(
-                            f"ResNet.make_stage: {k} has {len(v)} values for {num_blocks} blocks"
-                        )
+                        raise ValueError(f"ResNet.make_stage: {k} has {len(v)} values for {num_blocks} blocks")
                     newk = k[: -len("_per_block")]
                     if newk in kwargs:
                         raise ValueError(f"ResNet.make_stage: cannot give both {k} and {newk}")

@@ -1,4 +1,5 @@
 """Meta-architectures: whole detectors."""
+
 from .dense_detector import DenseDetector
 from .retinanet import RetinaNet, RetinaNetHead
 

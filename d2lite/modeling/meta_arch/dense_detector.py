@@ -1,4 +1,5 @@
 """Base class of dense (one-stage, per-location) detectors such as RetinaNet."""
+
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -152,9 +153,7 @@ class DenseDetector(nn.Module):
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalize, pad and batch the input images."""
-        images = [
-            (self._input_image(i, x) - self.pixel_mean) / self.pixel_std for i, x in enumerate(batched_inputs)
-        ]
+        images = [(self._input_image(i, x) - self.pixel_mean) / self.pixel_std for i, x in enumerate(batched_inputs)]
         return ImageList.from_tensors(
             images,
             self.backbone.size_divisibility,
@@ -177,8 +176,7 @@ class DenseDetector(nn.Module):
         """
         if len(predictions) != len(dims_per_anchor):
             raise ValueError(
-                f"_transpose_dense_predictions: {len(predictions)} outputs but "
-                f"{len(dims_per_anchor)} dims_per_anchor"
+                f"_transpose_dense_predictions: {len(predictions)} outputs but {len(dims_per_anchor)} dims_per_anchor"
             )
         return [
             [permute_to_N_HWA_K(x, dim_per_anchor) for x in pred]

@@ -1,4 +1,5 @@
 """RetinaNet (Lin et al., "Focal Loss for Dense Object Detection"), as in detectron2."""
+
 import logging
 import math
 from typing import Dict, List, Sequence, Tuple
@@ -325,8 +326,7 @@ class RetinaNetHead(nn.Module):
             )
         if norm == "BN" or norm == "SyncBN":
             logger.warning(
-                f"Shared BatchNorm (norm={norm}) across levels does not work well in "
-                "RetinaNetHead; expect poor results"
+                f"Shared BatchNorm (norm={norm}) across levels does not work well in RetinaNetHead; expect poor results"
             )
 
         cls_subnet = []
@@ -367,9 +367,7 @@ class RetinaNetHead(nn.Module):
             bbox_reg: per-level (N, A*4, Hi, Wi) box deltas (dx, dy, dw, dh).
         """
         if len(features) != self._num_features:
-            raise ValueError(
-                f"RetinaNetHead was built for {self._num_features} feature levels, got {len(features)}"
-            )
+            raise ValueError(f"RetinaNetHead was built for {self._num_features} feature levels, got {len(features)}")
         logits = []
         bbox_reg = []
         for feature in features:

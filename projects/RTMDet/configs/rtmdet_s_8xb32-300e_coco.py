@@ -5,6 +5,7 @@ CSPNeXt-s, neither of which d2lite ships; see the project README).
 Train: ``python tools/lazyconfig_train_net.py --config-file
 projects/RTMDet/configs/rtmdet_s_8xb32-300e_coco.py --num-gpus 8``.
 """
+
 from d2lite.layers import ShapeSpec
 
 from .common.coco_300e import dataloader, lr_multiplier, optimizer, train  # noqa: F401

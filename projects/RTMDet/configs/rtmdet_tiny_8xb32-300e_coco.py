@@ -3,6 +3,7 @@
 mmdetection reports 41.1 box AP (with Mosaic/MixUp and an ImageNet-pretrained
 CSPNeXt-tiny; see the project README). 4.87M parameters.
 """
+
 from d2lite.layers import ShapeSpec
 
 from .common.coco_300e import dataloader, lr_multiplier, optimizer, train  # noqa: F401

@@ -6,6 +6,7 @@ Changes from the COCO recipe: 3 classes, 224x224 crops (shapes images are
 128-256 px), batch 8, 600 iterations with a 50-iteration warmup, no pretrained backbone.
 Same model (RTMDet-tiny), losses, assigner, AdamW, flat-cosine schedule and EMA.
 """
+
 from d2lite.config import LazyCall as L
 from d2lite.data import transforms as T
 from d2lite.layers import ShapeSpec

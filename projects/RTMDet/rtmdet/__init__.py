@@ -2,6 +2,7 @@
 
 Import as ``rtmdet`` with ``projects/RTMDet`` on ``sys.path`` (the configs and tests
 add it)."""
+
 from .assigner import AssignResult, DynamicSoftLabelAssigner, bbox_overlaps
 from .backbone import CSPNeXt, CSPNeXtPAFPN
 from .converter import convert_mmdet_state_dict, load_mmdet_checkpoint, to_mmdet_state_dict

@@ -17,6 +17,7 @@ Cost of prior i for gt j (valid priors = prior centres strictly inside any gt)::
     ctr  = 10 ** (||p_i - centre_j|| / stride_i - soft_center_radius)
     cost = cls + iou + ctr
 """
+
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -118,7 +119,10 @@ class DynamicSoftLabelAssigner:
         px, py = priors[:, 0], priors[:, 1]
         # prior centre strictly inside the gt box (all four distances > 0)
         is_in_gts = (
-            (px[None] > gx1[:, None]) & (py[None] > gy1[:, None]) & (gx2[:, None] > px[None]) & (gy2[:, None] > py[None])
+            (px[None] > gx1[:, None])
+            & (py[None] > gy1[:, None])
+            & (gx2[:, None] > px[None])
+            & (gy2[:, None] > py[None])
         )  # (G, N)
         valid_mask = is_in_gts.any(dim=0)
         num_valid = int(valid_mask.sum()) if num_gt > 0 else 0
@@ -211,8 +215,12 @@ def _pairwise_iou_gt_major(gt_bboxes: Tensor, boxes: Tensor, eps: float = 1e-6) 
     """IoU (G, V) of gts (G, 4) and boxes (V, 4), same arithmetic as :func:`bbox_overlaps`."""
     area_b = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     area_g = (gt_bboxes[:, 2] - gt_bboxes[:, 0]) * (gt_bboxes[:, 3] - gt_bboxes[:, 1])
-    iw = (torch.min(boxes[None, :, 2], gt_bboxes[:, None, 2]) - torch.max(boxes[None, :, 0], gt_bboxes[:, None, 0])).clamp_(min=0)
-    ih = (torch.min(boxes[None, :, 3], gt_bboxes[:, None, 3]) - torch.max(boxes[None, :, 1], gt_bboxes[:, None, 1])).clamp_(min=0)
+    iw = (
+        torch.min(boxes[None, :, 2], gt_bboxes[:, None, 2]) - torch.max(boxes[None, :, 0], gt_bboxes[:, None, 0])
+    ).clamp_(min=0)
+    ih = (
+        torch.min(boxes[None, :, 3], gt_bboxes[:, None, 3]) - torch.max(boxes[None, :, 1], gt_bboxes[:, None, 1])
+    ).clamp_(min=0)
     overlap = iw * ih
     union = (area_b[None, :] + area_g[:, None] - overlap).clamp_(min=eps)
     return overlap / union

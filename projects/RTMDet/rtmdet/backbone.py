@@ -5,6 +5,7 @@ detectron2's FPN wraps a ResNet), so the detector sees one backbone that returns
 ``{"p3", "p4", "p5"}``. State-dict keys: ``backbone.bottom_up.*`` = mmdetection's
 ``backbone.*``, ``backbone.*`` (neck layers) = mmdetection's ``neck.*``.
 """
+
 import math
 from typing import Dict, List, Sequence, Tuple
 

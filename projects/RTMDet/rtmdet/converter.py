@@ -21,6 +21,7 @@ weights (what released RTMDet checkpoints ship and what mmdetection evaluates), 
 ``ema_state_dict`` holds the raw training weights with a ``module.`` prefix and a
 ``steps`` counter.
 """
+
 import logging
 from typing import Any, Dict, Mapping, Union
 
@@ -45,7 +46,7 @@ def convert_mmdet_state_dict(state_dict: Mapping[str, Tensor]) -> Dict[str, Tens
     for key, value in state_dict.items():
         for src, dst in MMDET_PREFIXES:
             if key.startswith(src):
-                out[dst + key[len(src):]] = value
+                out[dst + key[len(src) :]] = value
                 break
         else:
             raise KeyError(
@@ -62,16 +63,14 @@ def to_mmdet_state_dict(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         # longest d2lite prefix first: backbone.bottom_up. before backbone.
         for src, dst in sorted(MMDET_PREFIXES, key=lambda p: -len(p[1])):
             if key.startswith(dst):
-                out[src + key[len(dst):]] = value
+                out[src + key[len(dst) :]] = value
                 break
         else:
             raise KeyError(f"to_mmdet_state_dict: key {key!r} is not a d2lite RTMDet key.")
     return out
 
 
-def load_mmdet_checkpoint(
-    checkpoint: Union[str, Mapping[str, Any]], which: str = "state_dict"
-) -> Dict[str, Tensor]:
+def load_mmdet_checkpoint(checkpoint: Union[str, Mapping[str, Any]], which: str = "state_dict") -> Dict[str, Tensor]:
     """Read an mmdetection RTMDet checkpoint and return a d2lite RTMDet state dict.
 
     Args:
@@ -99,8 +98,8 @@ def load_mmdet_checkpoint(
         sd = dict(ckpt[which])
     if which == "ema_state_dict":
         sd.pop("steps", None)
-        sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}  # DDP-saved
+        sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}
+    sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}  # DDP-saved
     # mmdetection's data_preprocessor has no parameters; anything else must be renamed.
     sd = {k: v for k, v in sd.items() if not k.startswith("data_preprocessor.")}
     logger.info("Loaded %d tensors from mmdetection checkpoint %s [%s]", len(sd), source, which)

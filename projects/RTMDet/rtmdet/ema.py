@@ -1,5 +1,6 @@
 """mmdetection's ExpMomentumEMA momentum schedule, as a ``momentum_fn`` for
 :class:`d2lite.modeling.ema.ModelEMA` (``ema = (1 - m) * ema + m * param``)."""
+
 import math
 
 __all__ = ["ExpMomentum"]

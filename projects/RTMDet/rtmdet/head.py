@@ -1,4 +1,5 @@
 """RTMDetSepBNHead: convs shared across levels, BN and prediction layers per level."""
+
 import math
 from typing import List, Sequence, Tuple
 
@@ -66,7 +67,9 @@ class RTMDetSepBNHead(nn.Module):
         super().__init__()
         in_channels = {s.channels for s in input_shape}
         if len(in_channels) != 1:
-            raise ValueError(f"RTMDetSepBNHead needs the same channels on all levels, got {[s.channels for s in input_shape]}.")
+            raise ValueError(
+                f"RTMDetSepBNHead needs the same channels on all levels, got {[s.channels for s in input_shape]}."
+            )
         if any(s.stride is None for s in input_shape):
             raise ValueError("RTMDetSepBNHead: every ShapeSpec in input_shape needs a stride.")
         in_ch = in_channels.pop()

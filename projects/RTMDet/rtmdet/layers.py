@@ -6,6 +6,7 @@ Every module keeps mmdetection's attribute names (``conv``/``bn``/``activate`` i
 ``blocks``/``attention`` in :class:`CSPLayer`, ...), so an mmdetection state dict
 loads after a prefix rename only (see :mod:`rtmdet.converter`).
 """
+
 from typing import Callable, Sequence, Union
 
 import torch
@@ -161,9 +162,7 @@ class SPPBottleneck(nn.Module):
         super().__init__()
         mid_channels = in_channels // 2
         self.conv1 = ConvModule(in_channels, mid_channels, 1, norm=norm, act=act)
-        self.poolings = nn.ModuleList(
-            [nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2) for k in kernel_sizes]
-        )
+        self.poolings = nn.ModuleList([nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2) for k in kernel_sizes])
         self.conv2 = ConvModule(mid_channels * (len(kernel_sizes) + 1), out_channels, 1, norm=norm, act=act)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -244,4 +243,3 @@ class CSPLayer(nn.Module):
         if self.channel_attention:
             x_final = self.attention(x_final)
         return self.final_conv(x_final)
-

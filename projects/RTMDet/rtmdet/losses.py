@@ -1,4 +1,5 @@
 """QualityFocalLoss and GIoULoss with mmdetection's weighting and reduction."""
+
 from typing import Optional, Tuple
 
 import torch
@@ -131,7 +132,9 @@ class GIoULoss(nn.Module):
         """pred (n, 4), target (n, 4) XYXY; weight (n,) or (n, 4). All-zero weights give
         a zero loss that still depends on ``pred`` (so every parameter gets a gradient)."""
         if pred.shape != target.shape or pred.shape[-1] != 4:
-            raise ValueError(f"GIoULoss: pred and target must both be (n, 4), got {tuple(pred.shape)}, {tuple(target.shape)}.")
+            raise ValueError(
+                f"GIoULoss: pred and target must both be (n, 4), got {tuple(pred.shape)}, {tuple(target.shape)}."
+            )
         if weight is not None and not torch.any(weight > 0):
             if pred.dim() == weight.dim() + 1:
                 weight = weight.unsqueeze(1)

@@ -1,5 +1,6 @@
 """Point priors and the distance box coder of RTMDet (mmdetection's MlvlPointGenerator
 and DistancePointBBoxCoder)."""
+
 import math
 from typing import List, Optional, Sequence, Tuple, Union
 

@@ -1,5 +1,6 @@
 """The RTMDet detector: a d2lite DenseDetector with mmdetection 3.x's RTMDet training
 targets, loss normalisation and inference."""
+
 import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -156,7 +157,9 @@ class RTMDet(DenseDetector):
 
     def _priors(self, cls_scores: List[Tensor]) -> Tuple[List[Tuple[int, int]], Tensor]:
         sizes = [tuple(x.shape[-2:]) for x in cls_scores]
-        priors = self.prior_generator.grid_priors(sizes, dtype=cls_scores[0].dtype, device=cls_scores[0].device, with_stride=True)
+        priors = self.prior_generator.grid_priors(
+            sizes, dtype=cls_scores[0].dtype, device=cls_scores[0].device, with_stride=True
+        )
         return sizes, torch.cat(priors)
 
     def forward_training(
@@ -232,7 +235,9 @@ class RTMDet(DenseDetector):
             valid = torch.cat(self.prior_generator.valid_flags(featmap_sizes, image_size, device=priors.device))
             gt_boxes = gt.gt_boxes.tensor.to(priors.dtype)
             gt_labels = gt.gt_classes
-            result = self.assigner.assign(cls_scores[i][valid], pred_boxes[i][valid], priors[valid], gt_boxes, gt_labels)
+            result = self.assigner.assign(
+                cls_scores[i][valid], pred_boxes[i][valid], priors[valid], gt_boxes, gt_labels
+            )
             idx = valid.nonzero(as_tuple=True)[0]
             pos = result.gt_inds > 0
             pos_idx = idx[pos]

@@ -1,4 +1,5 @@
 """Put projects/RTMDet (for ``import rtmdet``) and this folder (for ``rtmdet_testing``) on sys.path."""
+
 import os
 import sys
 

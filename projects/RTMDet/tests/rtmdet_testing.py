@@ -1,4 +1,5 @@
 """Shared helpers of the RTMDet tests (a tiny model builder and a synthetic batch)."""
+
 import torch
 
 from d2lite.layers import ShapeSpec
@@ -48,8 +49,8 @@ def synthetic_batch(n=2, size=64, seed=0):
             img[c * 2, y0 : y0 + h, x0 : x0 + w] = 230
             boxes.append([x0, y0, x0 + w, y0 + h])
             classes.append(c)
-        inst = Instances((size, size), gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)), gt_classes=torch.tensor(classes))
+        inst = Instances(
+            (size, size), gt_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)), gt_classes=torch.tensor(classes)
+        )
         batch.append({"image": img, "instances": inst, "height": size, "width": size})
     return batch
-
-

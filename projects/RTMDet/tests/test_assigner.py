@@ -1,5 +1,6 @@
 """DynamicSoftLabelAssigner on hand-made cases and against a loop-based reference
 (mmdetection's algorithm: dense priors x gts x classes cost, Python loop over gts)."""
+
 import math
 
 import pytest
@@ -41,7 +42,9 @@ def reference_assign(scores, boxes, priors, gt_bboxes, gt_labels, radius=3.0, to
     onehot = F.one_hot(gt_labels, vs.shape[-1]).to(vs.dtype)[None].repeat(num_valid, 1, 1)
     vs3 = vs[:, None].repeat(1, num_gt, 1)
     soft = onehot * ious[..., None]
-    cls_cost = (F.binary_cross_entropy_with_logits(vs3, soft, reduction="none") * (soft - vs3.sigmoid()).abs().pow(2)).sum(-1)
+    cls_cost = (
+        F.binary_cross_entropy_with_logits(vs3, soft, reduction="none") * (soft - vs3.sigmoid()).abs().pow(2)
+    ).sum(-1)
     cost = cls_cost + iou_cost + prior_cost
     matching = torch.zeros_like(cost, dtype=torch.uint8)
     k = min(topk, num_valid)
@@ -84,7 +87,11 @@ def test_one_gt_dynamic_k_from_ious_and_nearest_priors_win():
 def test_no_gt_all_background():
     priors = _priors(32, 32)
     r = DynamicSoftLabelAssigner().assign(
-        torch.randn(len(priors), 4), torch.rand(len(priors), 4) * 10, priors, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)
+        torch.randn(len(priors), 4),
+        torch.rand(len(priors), 4) * 10,
+        priors,
+        torch.zeros(0, 4),
+        torch.zeros(0, dtype=torch.long),
     )
     assert r.num_gts == 0
     assert (r.gt_inds == 0).all() and (r.labels == -1).all() and (r.max_overlaps == 0).all()
@@ -95,7 +102,9 @@ def test_gt_without_prior_centre_strictly_inside(gt):
     # [8, 8, 16, 16] has prior (8, 8) and (16, 16) on its border: not strictly inside
     priors = _priors(32, 32)
     boxes = torch.tensor([gt]).repeat(len(priors), 1)
-    r = DynamicSoftLabelAssigner().assign(torch.zeros(len(priors), 2), boxes, priors, torch.tensor([gt]), torch.tensor([1]))
+    r = DynamicSoftLabelAssigner().assign(
+        torch.zeros(len(priors), 2), boxes, priors, torch.tensor([gt]), torch.tensor([1])
+    )
     assert (r.gt_inds == 0).all() and (r.labels == -1).all() and (r.max_overlaps == 0).all()
 
 
@@ -150,8 +159,16 @@ def test_bad_input_is_rejected():
     a = DynamicSoftLabelAssigner()
     priors = _priors(16, 16)
     with pytest.raises(ValueError, match="gt_labels must be in"):
-        a.assign(torch.zeros(len(priors), 2), torch.zeros(len(priors), 4), priors, torch.tensor([[0.0, 0, 9, 9]]), torch.tensor([2]))
+        a.assign(
+            torch.zeros(len(priors), 2),
+            torch.zeros(len(priors), 4),
+            priors,
+            torch.tensor([[0.0, 0, 9, 9]]),
+            torch.tensor([2]),
+        )
     with pytest.raises(ValueError, match="same length"):
-        a.assign(torch.zeros(3, 2), torch.zeros(len(priors), 4), priors, torch.tensor([[0.0, 0, 9, 9]]), torch.tensor([0]))
+        a.assign(
+            torch.zeros(3, 2), torch.zeros(len(priors), 4), priors, torch.tensor([[0.0, 0, 9, 9]]), torch.tensor([0])
+        )
     with pytest.raises(ValueError, match="topk"):
         DynamicSoftLabelAssigner(topk=0)

@@ -1,4 +1,5 @@
 """The project's LazyConfig files: layout, recipe numbers, instantiation, YAML round trip."""
+
 import os
 
 import pytest
@@ -7,8 +8,18 @@ from d2lite.config import LazyConfig, instantiate
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 TRAIN_KEYS = {
-    "output_dir", "init_checkpoint", "max_iter", "amp", "ddp", "checkpointer", "eval_period",
-    "log_period", "device", "seed", "clip_grad", "ema",
+    "output_dir",
+    "init_checkpoint",
+    "max_iter",
+    "amp",
+    "ddp",
+    "checkpointer",
+    "eval_period",
+    "log_period",
+    "device",
+    "seed",
+    "clip_grad",
+    "ema",
 }
 
 

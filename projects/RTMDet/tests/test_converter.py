@@ -1,10 +1,11 @@
 """mmdetection RTMDet checkpoint -> d2lite RTMDet, on a checkpoint built by the test
 in mmdetection's layout ({"meta", "state_dict", "ema_state_dict"}) and key names."""
+
 import pytest
 import torch
+from rtmdet_testing import tiny_rtmdet
 
 from rtmdet import convert_mmdet_state_dict, load_mmdet_checkpoint, to_mmdet_state_dict
-from rtmdet_testing import tiny_rtmdet
 
 
 def _randomised(model):

@@ -1,5 +1,6 @@
 """Loss normaliser averaged across processes, and the CPU demo config through the
 training tool (both slow: they start processes)."""
+
 import os
 import subprocess
 import sys

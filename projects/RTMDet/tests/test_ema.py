@@ -1,4 +1,5 @@
 """ExpMomentum (mmdetection's ExpMomentumEMA) numbers, alone and in d2lite's ModelEMA."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """QualityFocalLoss and GIoULoss against their formulas, computed by hand."""
+
 import math
 
 import pytest

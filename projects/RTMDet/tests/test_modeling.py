@@ -1,15 +1,16 @@
 """CSPNeXt / CSPNeXtPAFPN / RTMDetSepBNHead / RTMDet model structure and behaviour."""
+
 import math
 
 import pytest
 import torch
+from rtmdet_testing import BGR_MEAN, BGR_STD, synthetic_batch, tiny_rtmdet
 from torch import nn
 
 from d2lite.layers import ShapeSpec
 from d2lite.solver import get_default_optimizer_params
 from d2lite.structures import Boxes, Instances
 from rtmdet import ChannelAttention, CSPNeXt, CSPNeXtPAFPN, RTMDet, RTMDetSepBNHead
-from rtmdet_testing import BGR_MEAN, BGR_STD, synthetic_batch, tiny_rtmdet
 
 
 def test_cspnext_tiny_shapes_and_structure():
@@ -56,7 +57,9 @@ def test_channel_attention_formula_and_only_in_backbone():
 
 def test_pafpn_bottom_up_reuses_reduced_top_feature():
     torch.manual_seed(0)
-    neck = CSPNeXtPAFPN(CSPNeXt(deepen_factor=0.167, widen_factor=0.25), ["stage2", "stage3", "stage4"], 32, num_csp_blocks=1).eval()
+    neck = CSPNeXtPAFPN(
+        CSPNeXt(deepen_factor=0.167, widen_factor=0.25), ["stage2", "stage3", "stage4"], 32, num_csp_blocks=1
+    ).eval()
     x = torch.randn(1, 3, 64, 64)
     feats = neck.bottom_up(x)
     c3, c4, c5 = feats["stage2"], feats["stage3"], feats["stage4"]
@@ -146,7 +149,14 @@ def test_training_lowers_loss_and_empty_gt():
     # was 0.002-0.29 (the float path decides which plateau the run ends on), so 0.5 has margin.
     assert sum(losses[-5:]) / 5 < 0.5 * max(losses)
     # an image without ground truth: only the (negative) classification loss, every param gets a grad
-    empty = [{"image": batch[0]["image"], "instances": Instances((64, 64), gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.long))}]
+    empty = [
+        {
+            "image": batch[0]["image"],
+            "instances": Instances(
+                (64, 64), gt_boxes=Boxes(torch.zeros(0, 4)), gt_classes=torch.zeros(0, dtype=torch.long)
+            ),
+        }
+    ]
     model.zero_grad()
     loss = model(empty)
     assert float(loss["loss_bbox"]) == 0.0 and float(loss["loss_cls"]) > 0
@@ -190,7 +200,9 @@ def test_valid_flags_ignore_priors_on_padding():
     model = tiny_rtmdet(num_classes=2, widen=0.125, out_channels=16).train()
     a = synthetic_batch(1, 64)[0]
     b = synthetic_batch(1, 32, seed=3)[0]
-    b["instances"] = Instances((32, 32), gt_boxes=Boxes(torch.tensor([[2.0, 2.0, 30.0, 30.0]])), gt_classes=torch.tensor([1]))
+    b["instances"] = Instances(
+        (32, 32), gt_boxes=Boxes(torch.tensor([[2.0, 2.0, 30.0, 30.0]])), gt_classes=torch.tensor([1])
+    )
     captured = {}
     orig = model.get_targets
     model.get_targets = lambda *a_, **k: captured.setdefault("t", orig(*a_, **k))

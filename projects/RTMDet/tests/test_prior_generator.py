@@ -1,4 +1,5 @@
 """MlvlPointGenerator and DistancePointBBoxCoder exact values."""
+
 import pytest
 import torch
 
@@ -9,8 +10,12 @@ def test_points_offset_zero_with_stride():
     gen = MlvlPointGenerator([8, 16], offset=0.0)
     p8, p16 = gen.grid_priors([(2, 3), (1, 2)], with_stride=True)
     assert p8.tolist() == [
-        [0, 0, 8, 8], [8, 0, 8, 8], [16, 0, 8, 8],
-        [0, 8, 8, 8], [8, 8, 8, 8], [16, 8, 8, 8],
+        [0, 0, 8, 8],
+        [8, 0, 8, 8],
+        [16, 0, 8, 8],
+        [0, 8, 8, 8],
+        [8, 8, 8, 8],
+        [16, 8, 8, 8],
     ]
     assert p16.tolist() == [[0, 0, 16, 16], [16, 0, 16, 16]]
     assert gen.grid_priors([(1, 1), (1, 1)])[0].shape == (1, 2)

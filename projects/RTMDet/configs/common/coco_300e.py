@@ -5,6 +5,7 @@ CachedMixUp / YOLOXHSVRandomAug; the train pipeline is mmdetection's stage-2
 pipeline (random resize 0.5-2.0 of 640x640, random 640x640 crop padded with 114,
 horizontal flip) approximated by d2lite's ResizeScale + FixedSizeCrop + RandomFlip.
 """
+
 import os
 import sys
 

@@ -3,6 +3,7 @@
 Importing this file puts ``projects/RTMDet`` on ``sys.path`` so ``rtmdet`` is importable
 (configs saved to YAML need the same when loaded elsewhere).
 """
+
 import os
 import sys
 
