@@ -16,7 +16,8 @@ class ToyModel(nn.Module):
     """Batches are lists of dicts {"x": (3,) tensor, "y": float}. In training mode returns
     loss_a = sum of (w . bn(x) - y)^2 / normalizer and loss_b = |w|_1 * mean(y), where
     normalizer is an EMA of the batch size kept in a plain attribute (as RetinaNet's
-    loss_normalizer); puts "num_seen".
+    loss_normalizer), stored only while ``update_running_state`` (the documented switch
+    ValidationLoss turns off); puts "num_seen".
     Eval mode raises: the hook must keep the model in training mode."""
 
     def __init__(self) -> None:
@@ -27,6 +28,7 @@ class ToyModel(nn.Module):
         with torch.no_grad():
             self.linear.weight.copy_(torch.tensor([[0.5, -1.0, 2.0]]))
         self.normalizer = 10.0
+        self.update_running_state = True
 
     def forward(self, batch):
         if not self.training:
@@ -35,9 +37,11 @@ class ToyModel(nn.Module):
         y = torch.tensor([d["y"] for d in batch])
         pred = self.linear(self.drop(self.bn(x))).squeeze(1)
         get_event_storage().put_scalar("num_seen", float(len(batch)))
-        self.normalizer = 0.5 * self.normalizer + 0.5 * len(batch)
+        normalizer = 0.5 * self.normalizer + 0.5 * len(batch)
+        if self.update_running_state:
+            self.normalizer = normalizer
         return {
-            "loss_a": ((pred - y) ** 2).sum() / self.normalizer,
+            "loss_a": ((pred - y) ** 2).sum() / normalizer,
             "loss_b": self.linear.weight.abs().sum() * y.mean(),
         }
 

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from d2lite.structures import Boxes, ImageList, Instances
-from d2lite.utils.events import get_event_storage
+from d2lite.utils.events import get_event_storage, has_event_storage
 
 from ..backbone import Backbone
 from ..postprocessing import detector_postprocess
@@ -37,6 +37,21 @@ class DenseDetector(nn.Module):
     :meth:`forward_training` (training) or :meth:`forward_inference` (eval), which
     subclasses implement. In eval mode the results are rescaled to each input's
     "height"/"width" by :func:`detector_postprocess`.
+
+    Extension points for subclasses (public and stable; RetinaNet and projects/RTMDet
+    use only these):
+
+    * :meth:`forward_training`, :meth:`forward_inference`: must be implemented.
+    * :meth:`preprocess_image`: override to change normalisation/padding; call
+      :meth:`input_image` to read and check one input's image.
+    * :meth:`transpose_dense_predictions`: per-level (N, A*K, H, W) -> (N, H*W*A, K).
+    * :attr:`current_inputs`: the raw input dicts of the running ``forward`` (None
+      outside it), and :meth:`visualize_training_if_due`, which draws them every
+      ``vis_period`` iterations.
+    * :attr:`update_running_state`: when False (set by
+      :class:`d2lite.engine.validation_loss.ValidationLoss` during its pass), running
+      state kept outside parameters and buffers, e.g. RetinaNet's ``loss_normalizer``
+      EMA updated through :meth:`_ema_update`, is used but not updated.
     """
 
     def __init__(
@@ -47,6 +62,8 @@ class DenseDetector(nn.Module):
         *,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
+        input_format: str = "BGR",
+        vis_period: int = 0,
     ):
         """
         Args:
@@ -57,6 +74,10 @@ class DenseDetector(nn.Module):
                 backbone outputs sorted by stride.
             pixel_mean, pixel_std: per-channel normalization, in the channel order of the
                 input images (e.g. BGR means [103.53, 116.28, 123.675] for BGR input).
+            input_format: channel order of the input images, "BGR" or "RGB"; used to show
+                them in RGB for visualization. Defaults to "BGR".
+            vis_period: if > 0, :meth:`visualize_training_if_due` draws the ground truth
+                and predictions every ``vis_period`` iterations. Defaults to 0.
         """
         super().__init__()
         self.backbone = backbone
@@ -77,12 +98,24 @@ class DenseDetector(nn.Module):
                 f"{type(self).__name__}: pixel_mean {list(pixel_mean)} and pixel_std "
                 f"{list(pixel_std)} must have the same length"
             )
+        if input_format not in ("BGR", "RGB"):
+            raise ValueError(f"{type(self).__name__}: input_format must be 'BGR' or 'RGB', got {input_format!r}")
+        self.input_format = input_format
+        self.vis_period = vis_period
+        self.update_running_state = True
+        self._current_inputs: Optional[List[Dict]] = None
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1), False)
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    @property
+    def current_inputs(self) -> Optional[List[Dict]]:
+        """The raw input dicts of the running :meth:`forward` (unnormalised images, for
+        visualization); None outside a forward."""
+        return self._current_inputs
 
     def forward(self, batched_inputs: List[Dict]):
         """
@@ -98,6 +131,13 @@ class DenseDetector(nn.Module):
             inference: list of {"instances": Instances(pred_boxes, scores, pred_classes)},
             boxes in the "height" x "width" coordinate frame.
         """
+        self._current_inputs = batched_inputs
+        try:
+            return self._forward(batched_inputs)
+        finally:
+            self._current_inputs = None
+
+    def _forward(self, batched_inputs: List[Dict]):
         if self.training:
             missing = [i for i, x in enumerate(batched_inputs) if "instances" not in x]
             if missing:
@@ -138,9 +178,9 @@ class DenseDetector(nn.Module):
         """Turn the head's ``predictions`` into one Instances per image, in input-image pixels."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward_inference")
 
-    def _input_image(self, i: int, x: Dict) -> Tensor:
-        """The (C, H, W) "image" of input ``i`` on the model's device; a clear error if it is
-        missing or has the wrong number of channels."""
+    def input_image(self, i: int, x: Dict) -> Tensor:
+        """The (C, H, W) "image" of input dict ``x`` (the ``i``-th of the batch) on the model's
+        device; a clear error naming ``i`` if it is missing or has the wrong number of channels."""
         if "image" not in x:
             raise ValueError(f"{type(self).__name__}: input {i} has no 'image' key (keys: {list(x)})")
         img = x["image"]
@@ -153,15 +193,15 @@ class DenseDetector(nn.Module):
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalize, pad and batch the input images."""
-        images = [(self._input_image(i, x) - self.pixel_mean) / self.pixel_std for i, x in enumerate(batched_inputs)]
+        images = [(self.input_image(i, x) - self.pixel_mean) / self.pixel_std for i, x in enumerate(batched_inputs)]
         return ImageList.from_tensors(
             images,
             self.backbone.size_divisibility,
             padding_constraints=self.backbone.padding_constraints,
         )
 
-    def _transpose_dense_predictions(
-        self, predictions: List[List[Tensor]], dims_per_anchor: List[int]
+    def transpose_dense_predictions(
+        self, predictions: Sequence[List[Tensor]], dims_per_anchor: List[int]
     ) -> List[List[Tensor]]:
         """
         Transpose dense per-level predictions.
@@ -176,24 +216,29 @@ class DenseDetector(nn.Module):
         """
         if len(predictions) != len(dims_per_anchor):
             raise ValueError(
-                f"_transpose_dense_predictions: {len(predictions)} outputs but {len(dims_per_anchor)} dims_per_anchor"
+                f"transpose_dense_predictions: {len(predictions)} outputs but {len(dims_per_anchor)} dims_per_anchor"
             )
         return [
             [permute_to_N_HWA_K(x, dim_per_anchor) for x in pred]
             for pred, dim_per_anchor in zip(predictions, dims_per_anchor)
         ]
 
+    # detectron2's name, for projects written against it
+    _transpose_dense_predictions = transpose_dense_predictions
+
     def _ema_update(self, name: str, value: float, initial_value: float, momentum: float = 0.9) -> float:
         """
-        Update ``self.<name>`` to ``old * momentum + value * (1 - momentum)``, with ``old``
-        = ``initial_value`` on the first call; return the new value.
+        Return ``old * momentum + value * (1 - momentum)``, with ``old`` = ``self.<name>``
+        (``initial_value`` on the first call), and store it in ``self.<name>`` unless
+        :attr:`update_running_state` is False.
 
         Used for the loss normalizer: normalizing by the #foreground of a single batch is
         noisy with small batches, so an EMA of #foreground is used instead.
         """
         old = getattr(self, name) if hasattr(self, name) else initial_value
         new = old * momentum + value * (1 - momentum)
-        setattr(self, name, new)
+        if self.update_running_state:
+            setattr(self, name, new)
         return new
 
     def _decode_per_level_predictions(
@@ -247,6 +292,22 @@ class DenseDetector(nn.Module):
         ]
         return Instances.cat(predictions)
 
+    def visualize_training_if_due(
+        self, images: ImageList, features: List[Tensor], predictions: Sequence[List[Tensor]]
+    ) -> None:
+        """In training, every ``vis_period`` iterations (storage iteration), run
+        :meth:`forward_inference` on detached ``predictions`` and call
+        :meth:`visualize_training` with :attr:`current_inputs`. Call it from
+        :meth:`forward_training`."""
+        if self.vis_period <= 0 or self._current_inputs is None or not has_event_storage():
+            return
+        if get_event_storage().iter % self.vis_period != 0:
+            return
+        with torch.no_grad():
+            detached = [[x.detach() for x in p] for p in predictions]
+            results = self.forward_inference(images, features, detached)
+        self.visualize_training(self._current_inputs, results)
+
     def visualize_training(self, batched_inputs: List[Dict], results: List[Instances]) -> None:
         """
         Put into the event storage an image showing the ground-truth boxes (top) and the
@@ -262,11 +323,8 @@ class DenseDetector(nn.Module):
             raise ValueError("visualize_training: need one result per input")
         max_boxes = 20
         img = batched_inputs[0]["image"].detach().cpu()
-        input_format = getattr(self, "input_format", "BGR")
-        if input_format == "BGR":
+        if self.input_format == "BGR":
             img = img.flip(0)
-        elif input_format != "RGB":
-            raise ValueError(f"visualize_training supports input_format 'BGR' or 'RGB', got {input_format!r}")
         img = img.clamp(0, 255).to(torch.uint8)
         gt_boxes = batched_inputs[0]["instances"].gt_boxes.tensor.detach().cpu()
         pred = detector_postprocess(results[0], img.shape[1], img.shape[2])

@@ -82,15 +82,21 @@ class RetinaNet(DenseDetector):
                 normalizes channels in input order (pixel_mean must be given in that order);
                 the format is used to show images in RGB for visualization.
         """
-        super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
+        super().__init__(
+            backbone,
+            head,
+            head_in_features,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            input_format=input_format,
+            vis_period=vis_period,
+        )
         if len(self.backbone.output_shape()) != len(self.head_in_features):
             logger.warning("[RetinaNet] Backbone produces unused features.")
         if box_reg_loss_type not in ("smooth_l1", "giou", "diou", "ciou"):
             raise ValueError(
                 f"RetinaNet: box_reg_loss_type must be 'smooth_l1', 'giou', 'diou' or 'ciou', got {box_reg_loss_type!r}"
             )
-        if input_format not in ("BGR", "RGB"):
-            raise ValueError(f"RetinaNet: input_format must be 'BGR' or 'RGB', got {input_format!r}")
 
         self.anchor_generator = anchor_generator
         self.box2box_transform = box2box_transform
@@ -107,16 +113,12 @@ class RetinaNet(DenseDetector):
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
-        # Vis parameters
-        self.vis_period = vis_period
-        self.input_format = input_format
 
         # Detectron1 normalized the losses by the #foreground of the batch; with 1 image
         # per GPU that is noisy, so an EMA of #foreground is used. Any reasonable #fg that
         # is not too small works as the initial value.
         self.loss_normalizer = 100
         self.loss_normalizer_momentum = 0.9
-        self._current_inputs = None  # raw inputs of the running forward, for visualize_training
 
     def forward_training(
         self,
@@ -126,27 +128,13 @@ class RetinaNet(DenseDetector):
         gt_instances: List[Instances],
     ) -> Dict[str, Tensor]:
         # Transpose the Hi*Wi*A dimension to the middle:
-        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(predictions, [self.num_classes, 4])
+        pred_logits, pred_anchor_deltas = self.transpose_dense_predictions(predictions, [self.num_classes, 4])
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         losses = self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
 
-        if self.vis_period > 0:
-            storage = get_event_storage()
-            if storage.iter % self.vis_period == 0:
-                with torch.no_grad():
-                    detached = [[x.detach() for x in p] for p in predictions]
-                    results = self.forward_inference(images, features, detached)
-                self.visualize_training(self._current_inputs, results)
+        self.visualize_training_if_due(images, features, predictions)
         return losses
-
-    def forward(self, batched_inputs: List[Dict]):
-        # Keep the raw inputs reachable for visualize_training (needs the unnormalized image).
-        self._current_inputs = batched_inputs
-        try:
-            return super().forward(batched_inputs)
-        finally:
-            self._current_inputs = None
 
     def losses(
         self,
@@ -255,7 +243,7 @@ class RetinaNet(DenseDetector):
             one Instances per image (pred_boxes in input-image pixels, scores, pred_classes),
             at most ``max_detections_per_image`` after per-class NMS.
         """
-        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(predictions, [self.num_classes, 4])
+        pred_logits, pred_anchor_deltas = self.transpose_dense_predictions(predictions, [self.num_classes, 4])
         anchors = self.anchor_generator(features)
 
         results: List[Instances] = []

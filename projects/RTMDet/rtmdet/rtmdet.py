@@ -96,7 +96,15 @@ class RTMDet(DenseDetector):
         max_detections_per_image: int = 300,
         vis_period: int = 0,
     ) -> None:
-        super().__init__(backbone, head, list(head_in_features), pixel_mean=pixel_mean, pixel_std=pixel_std)
+        super().__init__(
+            backbone,
+            head,
+            list(head_in_features),
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            input_format=input_format,
+            vis_period=vis_period,
+        )
         shapes = backbone.output_shape()
         strides = [shapes[f].stride for f in self.head_in_features]
         if list(head.strides) != strides:
@@ -106,10 +114,7 @@ class RTMDet(DenseDetector):
             )
         if head.num_classes != num_classes:
             raise ValueError(f"RTMDet: num_classes={num_classes} but head.num_classes={head.num_classes}.")
-        if input_format not in ("BGR", "RGB"):
-            raise ValueError(f"RTMDet: input_format must be 'BGR' or 'RGB', got {input_format!r}.")
         self.num_classes = num_classes
-        self.input_format = input_format
         self.prior_generator = MlvlPointGenerator(strides, offset=0.0)
         self.bbox_coder = DistancePointBBoxCoder()
         self.assigner = assigner if assigner is not None else DynamicSoftLabelAssigner()
@@ -121,22 +126,12 @@ class RTMDet(DenseDetector):
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
-        self.vis_period = vis_period
-        self._current_inputs: Optional[List[Dict]] = None  # raw inputs, for visualize_training
-
-    def forward(self, batched_inputs: List[Dict]):
-        """See :meth:`DenseDetector.forward`."""
-        self._current_inputs = batched_inputs  # visualize_training needs the raw images
-        try:
-            return super().forward(batched_inputs)
-        finally:
-            self._current_inputs = None
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Pad raw images with ``pad_value`` to a common size divisible by the backbone's
         ``size_divisibility`` (or to ``fixed_input_size``), then normalise (so padding
         equals mmdetection's 114 pixels)."""
-        images = [self._input_image(i, x).float() for i, x in enumerate(batched_inputs)]
+        images = [self.input_image(i, x).float() for i, x in enumerate(batched_inputs)]
         raw = ImageList.from_tensors(
             images,
             self.backbone.size_divisibility,
@@ -172,7 +167,7 @@ class RTMDet(DenseDetector):
         """Returns {"loss_cls", "loss_bbox"}; see the class docstring for the normalisation."""
         cls_scores, bbox_preds = predictions
         sizes, priors = self._priors(cls_scores)  # priors (P, 4)
-        flat_cls, flat_dist = self._transpose_dense_predictions([cls_scores, bbox_preds], [self.num_classes, 4])
+        flat_cls, flat_dist = self.transpose_dense_predictions([cls_scores, bbox_preds], [self.num_classes, 4])
         flat_cls = torch.cat(flat_cls, dim=1)  # (N, P, C)
         flat_boxes = distance2bbox(priors, torch.cat(flat_dist, dim=1))  # (N, P, 4)
         labels, label_weights, bbox_targets, assign_metrics = self.get_targets(
@@ -196,11 +191,7 @@ class RTMDet(DenseDetector):
         else:
             loss_bbox = flat_boxes.sum() * 0
             bbox_avg = assign_metrics.new_tensor(0.0)
-        if self.vis_period > 0 and has_event_storage() and get_event_storage().iter % self.vis_period == 0:
-            with torch.no_grad():
-                detached = ([x.detach() for x in cls_scores], [x.detach() for x in bbox_preds])
-                results = self.forward_inference(images, features, detached)
-            self.visualize_training(self._current_inputs, results)
+        self.visualize_training_if_due(images, features, (cls_scores, bbox_preds))
         cls_avg_factor = reduce_mean(assign_metrics.sum()).clamp_(min=1).item()
         bbox_avg_factor = reduce_mean(bbox_avg).clamp_(min=1).item()
         return {"loss_cls": loss_cls / cls_avg_factor, "loss_bbox": loss_bbox / bbox_avg_factor}
@@ -258,7 +249,7 @@ class RTMDet(DenseDetector):
         level_priors = self.prior_generator.grid_priors(
             sizes, dtype=cls_scores[0].dtype, device=cls_scores[0].device, with_stride=True
         )
-        flat_cls, flat_dist = self._transpose_dense_predictions([cls_scores, bbox_preds], [self.num_classes, 4])
+        flat_cls, flat_dist = self.transpose_dense_predictions([cls_scores, bbox_preds], [self.num_classes, 4])
         results = []
         for img_idx, image_size in enumerate(images.image_sizes):
             boxes_all, scores_all, classes_all = [], [], []
