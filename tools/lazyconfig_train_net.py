@@ -8,53 +8,89 @@ as your project's ``train_net.py`` only if the config cannot express what you ne
 extra hooks go in the config's ``train.hooks``.
 
 It reads the config's ``model``, ``dataloader`` (``train``/``test``/``evaluator``),
-``optimizer``, ``lr_multiplier`` and ``train`` sections.
-
-Examples::
-
-    # train the CPU demo
-    python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py
-    # override keys on the command line
-    python tools/lazyconfig_train_net.py --config-file ... train.max_iter=100 train.output_dir=out
-    # evaluate a checkpoint
-    python tools/lazyconfig_train_net.py --config-file ... --eval-only train.init_checkpoint=out/model_final.pth
-    # continue an interrupted run from its last checkpoint
-    python tools/lazyconfig_train_net.py --config-file ... --resume
-    # 2 processes on one machine (GPUs, or gloo processes on CPU); torchrun also works
-    python tools/lazyconfig_train_net.py --config-file ... --num-gpus 2
+``optimizer``, ``lr_multiplier`` and ``train`` sections. One run at a time owns
+``train.output_dir`` (see the README's "Output directory").
 """
 
 import os
 import sys
 
 from d2lite.engine import default_argument_parser, default_setup, launch
-from d2lite.engine.lazy_train import ConfigError, do_eval_only, do_train, load_config
+from d2lite.engine.launch import torchrun_env
+from d2lite.engine.lazy_train import (
+    ConfigError,
+    do_eval_only,
+    do_train,
+    eval_output_dir,
+    load_config,
+    prepare_output_dir,
+)
+
+EXAMPLES = """
+Examples:
+
+  # train the CPU demo (into its train.output_dir, output/retinanet_R_18_FPN_shapes)
+  python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py
+  # override keys on the command line
+  python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py \\
+      train.max_iter=100 train.output_dir=output/short_run
+  # evaluate a checkpoint (written to output/short_run/eval/model_final/)
+  python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --eval-only \\
+      train.init_checkpoint=output/short_run/model_final.pth train.output_dir=output/short_run
+  # continue an interrupted run from its last checkpoint
+  python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --resume \\
+      train.max_iter=200 train.output_dir=output/short_run
+  # start over in a directory that holds a previous run (deletes its checkpoints and metrics)
+  python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --overwrite \\
+      train.max_iter=100 train.output_dir=output/short_run
+  # 2 processes on one machine (GPUs, or gloo processes on CPU); torchrun also works
+  python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --num-gpus 2 \\
+      train.output_dir=output/two_processes
+"""
 
 
 def main(args):
     cfg = load_config(args.config_file, args.opts)
+    if args.eval_only:
+        cfg.train.output_dir = eval_output_dir(cfg.train.output_dir, cfg.train.init_checkpoint)
     default_setup(cfg, args)
     if args.eval_only:
         return do_eval_only(cfg)
     do_train(cfg, resume=args.resume)
 
 
+def _exit_with(error: ConfigError) -> None:
+    print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = default_argument_parser(epilog=EXAMPLES).parse_args()
+    torchrun = torchrun_env()
     try:
-        # Fail fast, before spawning workers, on a config the user must fix.
-        load_config(args.config_file, args.opts)
+        # Fail fast, before spawning workers or writing anything, on what the user must fix.
+        cfg = load_config(args.config_file, args.opts)
+        output_dir = prepare_output_dir(
+            cfg,
+            resume=args.resume,
+            eval_only=args.eval_only,
+            overwrite=args.overwrite,
+            main_process=torchrun["rank"] == 0 if torchrun else args.machine_rank == 0,
+        )
     except ConfigError as e:
-        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+        _exit_with(e)
+    with output_dir:  # the run's lock on train.output_dir, released at exit
+        try:
+            launch(
+                main,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+            )
+        except ConfigError as e:  # found once the model exists (e.g. a resume that does not fit it)
+            _exit_with(e)
 
 
 if __name__ == "__main__":
