@@ -220,7 +220,8 @@ class DetectionCheckpointer(Checkpointer):
                 checkpoint = self._load_file(candidate)
             except Exception as e:  # any damage: try the next one, and say why
                 reason = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ is not None else e
-                skipped.append(f"{os.path.basename(candidate)} cannot be read ({type(reason).__name__}: {reason})")
+                first = str(reason).split(". ")[0]
+                skipped.append(f"{os.path.basename(candidate)} cannot be read ({type(reason).__name__}: {first})")
                 continue
             if skipped:
                 self.logger.warning(

@@ -222,30 +222,32 @@ def _write_manifest(
     return manifest
 
 
-def _flatten(data: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(data, dict) and data:
-        out: Dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: data}
+def _diff(old: Any, new: Any, prefix: str, out: Dict[str, List[Any]]) -> None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            _diff(old.get(k, _MISSING), new.get(k, _MISSING), f"{prefix}{k}.", out)
+    elif old != new:
+        out[prefix[:-1]] = [None if old is _MISSING else old, None if new is _MISSING else new]
 
 
 def config_changes(saved_yaml: str, cfg: Any) -> Dict[str, List[Any]]:
     """Keys whose value in ``cfg`` differs from the config saved at ``saved_yaml``:
-    ``{"train.max_iter": [saved value, new value], ...}`` (a key only in one of them
-    has None on the other side). Values are compared as their YAML (plain data)."""
+    ``{"train.max_iter": [saved value, new value], ...}``, at the deepest key where
+    they differ (a key only in one of them has None on the other side). Values are
+    compared as their YAML (plain data)."""
     import yaml
 
     from d2lite.config import LazyConfig
     from d2lite.config.serialization import YAMLLoader
 
     with open(saved_yaml, encoding="utf-8") as f:
-        old = _flatten(yaml.load(f, Loader=YAMLLoader) or {})
+        old = yaml.load(f, Loader=YAMLLoader) or {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unserializable values were reported when the run started
-        new = _flatten(yaml.load(LazyConfig.to_yaml(cfg), Loader=YAMLLoader) or {})
-    return {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+        new = yaml.load(LazyConfig.to_yaml(cfg), Loader=YAMLLoader) or {}
+    changes: Dict[str, List[Any]] = {}
+    _diff(old, new, "", changes)
+    return changes
 
 
 def default_setup(cfg: Any, args: Any) -> None:

@@ -203,9 +203,9 @@ def _put_prediction_images(cfg: DictConfig, model: torch.nn.Module, loader: Iter
 def do_test(cfg: DictConfig, model: torch.nn.Module, ema: Optional[ModelEMA] = None) -> Dict[str, Any]:
     """Evaluate ``model`` (or its EMA weights) on ``cfg.dataloader.test`` with
     ``cfg.dataloader.evaluator``; print the results table; return the metrics dict
-    ({} when the config has no evaluator). Puts a few test images with predicted boxes
-    into the event storage when one is open."""
-    if "evaluator" not in cfg.dataloader:
+    ({} when the config has no evaluator, or ``dataloader.evaluator=None``). Puts a few
+    test images with predicted boxes into the event storage when one is open."""
+    if cfg.dataloader.get("evaluator", None) is None:
         return {}
     if "output_dir" not in cfg.dataloader.evaluator or cfg.dataloader.evaluator.output_dir is None:
         cfg.dataloader.evaluator.output_dir = os.path.join(cfg.train.output_dir, "inference")
