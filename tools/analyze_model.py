@@ -5,8 +5,7 @@ Examples::
 
     python tools/analyze_model.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py
     python tools/analyze_model.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --tasks parameter
-    python tools/analyze_model.py --config-file configs/COCO-Detection/retinanet_R_50_FPN_1x.py \\
-        --tasks flop --input-size 800 1216 train.device=cpu
+    python tools/analyze_model.py --config-file configs/COCO-Detection/retinanet_R_50_FPN_1x.py --input-size 800 1216 train.device=cpu
 
 FLOPs count the backbone and head (post-processing excluded), one image of
 ``--input-size`` (H W, padded to the backbone's size divisibility), or of the

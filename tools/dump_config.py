@@ -5,8 +5,7 @@ Examples::
 
     python tools/dump_config.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py train.max_iter=100
     python tools/dump_config.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --format yaml
-    python tools/dump_config.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --format yaml \\
-        --output my_config.yaml train.max_iter=100
+    python tools/dump_config.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --format yaml --output my_config.yaml
 
 Both formats load back with ``LazyConfig.load`` (the Python output is itself a
 config file: save it as ``my_config.py``) and train with

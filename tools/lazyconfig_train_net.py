@@ -27,25 +27,24 @@ from d2lite.engine.lazy_train import (
 )
 
 EXAMPLES = """
-Examples:
+Examples (from the repository root, in the activated .venv):
 
   # train the CPU demo (into its train.output_dir, output/retinanet_R_18_FPN_shapes)
   python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py
   # override keys on the command line
   python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py \\
-      train.max_iter=100 train.output_dir=output/short_run
-  # evaluate a checkpoint (written to output/short_run/eval/model_final/)
+      train.max_iter=600 optimizer.lr=2e-3 train.output_dir=output/my_run
+  # evaluate a checkpoint (results in output/retinanet_R_18_FPN_shapes/eval/model_final/)
   python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --eval-only \\
-      train.init_checkpoint=output/short_run/model_final.pth train.output_dir=output/short_run
-  # continue an interrupted run from its last checkpoint
-  python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --resume \\
-      train.max_iter=200 train.output_dir=output/short_run
-  # start over in a directory that holds a previous run (deletes its checkpoints and metrics)
+      train.init_checkpoint=output/retinanet_R_18_FPN_shapes/model_final.pth
+  # continue an interrupted run from output_dir/last_checkpoint
+  python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --resume
+  # train again from scratch into a directory that holds a previous run (deletes its checkpoints and metrics)
   python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --overwrite \\
-      train.max_iter=100 train.output_dir=output/short_run
-  # 2 processes on one machine (GPUs, or gloo processes on CPU); torchrun also works
-  python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --num-gpus 2 \\
-      train.output_dir=output/two_processes
+      train.max_iter=600 train.output_dir=output/my_run
+
+Several processes: add --num-gpus N (GPUs, or gloo processes on a CPU), or start
+the script with torchrun; several machines: --num-machines, --machine-rank, --dist-url.
 """
 
 

@@ -4,8 +4,7 @@
 Examples::
 
     # training images after the mapper (augmentations applied)
-    python tools/visualize_data.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py \\
-        --source dataloader --output-dir vis/ --num-images 16
+    python tools/visualize_data.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --output-dir vis/ --num-images 16
     # raw annotations from the dataset files
     python tools/visualize_data.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py \\
         --source annotation --output-dir vis_raw/ --num-images 16

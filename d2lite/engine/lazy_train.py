@@ -8,7 +8,9 @@ project changes *how it trains* through its config instead of copying the script
 * :func:`build_model`, :func:`build_ema`, :func:`build_val_loss_loader`, :func:`do_test`;
 * :func:`default_hooks`: the built-in hooks plus the config's ``train.hooks``, ordered
   by priority (see :mod:`d2lite.engine.priority`);
-* :func:`do_train` and :func:`do_eval_only`: the two entry points.
+* :func:`do_train` and :func:`do_eval_only`: the two entry points;
+* :func:`prepare_output_dir`: the checks and the lock of ``train.output_dir`` before a
+  run writes anything (see :mod:`d2lite.engine.output_dir`).
 
 The config has the sections of detectron2's LazyConfig files: ``model``,
 ``dataloader`` (``train``, ``test``, ``evaluator``, optional ``val_loss``),

@@ -54,8 +54,9 @@ def layout_labels(
     room, and not over another label where there is room.
 
     Labels are placed in the given order (put the most important first). Each one
-    tries, in turn: above the box, below it (both left- then right-aligned), then
-    inside its top and bottom edge; every position is shifted into the image. It takes
+    tries, in turn: above the box, below it, one and two label rows further out, then
+    inside its top and bottom edges (each left- then right-aligned); every position is
+    shifted into the image. It takes
     the position with the least overlap with labels placed before, then the least
     cover of its own box, then of the other boxes, then the earliest in that list.
 
@@ -72,7 +73,8 @@ def layout_labels(
     placed: List[Rect] = []
     for (x0, y0, x1, y1), (w, h) in zip(boxes, sizes):
         candidates = []
-        for top in (y0 - h, y1, y0, y1 - h):  # above, below, inside top, inside bottom
+        # above, below, then a row further out each, then inside the top and bottom edges
+        for top in (y0 - h, y1, y0 - 2 * h, y1 + h, y0 - 3 * h, y1 + 2 * h, y0, y1 - h):
             for left in (x0, x1 - w):
                 x = min(max(left, 0.0), max(width - w, 0.0))
                 y = min(max(top, 0.0), max(height - h, 0.0))

@@ -22,8 +22,13 @@ def test_train_writes_outputs_and_evaluates(trained_run):
     for name in ("config.yaml", "manifest.json", "metrics.json", "model_final.pth", "last_checkpoint", "log.txt"):
         assert (out / name).is_file(), name
     assert list(out.glob("events.out.tfevents.*")), "no TensorBoard event file"
-    lines = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    # Strict JSON (no NaN/Infinity constants), detectron2's flat names.
+    lines = [
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}"))
+        for line in (out / "metrics.json").read_text().splitlines()
+    ]
     assert [line["iteration"] for line in lines if "total_loss" in line] == [0, 1, 2, 3]
+    assert [line["bbox/APl"] for line in lines if "bbox/APl" in line] == [None]  # NaN: shapes has no large objects
     train_line = lines[0]
     for key in ("total_loss", "loss_cls", "loss_box_reg", "lr", "data_time", "num_pos_anchors"):
         assert key in train_line, (key, train_line)

@@ -13,7 +13,9 @@ import time
 import pytest
 from helpers import QUICK_CONFIG, REPO_ROOT, SHORT, run_tool
 
+# Outcomes that do not depend on the float path (make test-1thread skips them), except divergence.
 pytestmark = pytest.mark.slow
+onepass = pytest.mark.onepass
 
 # No evaluation: these tests are about the run's files, not its AP.
 NO_EVAL = ["dataloader.evaluator=None"]
@@ -85,6 +87,7 @@ dc.DetectionCheckpointer(torch.nn.Linear(2, 2), sys.argv[1]).save("model_0000099
 """
 
 
+@onepass
 def test_two_runs_into_one_directory_then_a_killed_run_is_resumed(tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(
@@ -139,6 +142,7 @@ def test_two_runs_into_one_directory_then_a_killed_run_is_resumed(tmp_path):
 # ------------------------------------------------------------------ no silent mixing
 
 
+@onepass
 def test_rerun_into_a_finished_directory_is_refused_until_overwrite(trained_run, tmp_path):
     run = _copy_run(trained_run, tmp_path)
     before = _digests(run)
@@ -168,6 +172,7 @@ def test_rerun_into_a_finished_directory_is_refused_until_overwrite(trained_run,
     assert len(manifest["history"]) == 1 and "--overwrite" in manifest["command_line"]
 
 
+@onepass
 def test_eval_only_writes_into_its_own_subdirectory(trained_run, tmp_path):
     run = _copy_run(trained_run, tmp_path)
     before = _digests(run)
@@ -188,6 +193,7 @@ def test_eval_only_writes_into_its_own_subdirectory(trained_run, tmp_path):
     assert json.loads((evaluation / "manifest.json").read_text())["args"]["eval_only"] is True
 
 
+@onepass
 def test_mistakes_stop_before_anything_is_written_in_one_line(trained_run, tmp_path):
     run = _copy_run(trained_run, tmp_path)
     before = _digests(run)
@@ -219,6 +225,7 @@ def _damage_tag(run, text):
     (run / "last_checkpoint").write_bytes(text)
 
 
+@onepass
 @pytest.mark.parametrize(
     "damage, skipped",
     [
@@ -247,6 +254,7 @@ def test_resume_falls_back_over_a_damaged_last_checkpoint(trained_run, tmp_path,
     assert "Starting training from iteration 4" in console  # both hold iteration 3
 
 
+@onepass
 def test_resume_after_changing_num_classes_reports_shapes_and_refuses(trained_run, tmp_path):
     run = _copy_run(trained_run, tmp_path)
     config_before = (run / "config.yaml").read_bytes()
@@ -263,6 +271,7 @@ def test_resume_after_changing_num_classes_reports_shapes_and_refuses(trained_ru
     assert (run / "config.yaml").read_bytes() == config_before
 
 
+@onepass
 def test_resume_records_its_command_and_config_changes(trained_run, tmp_path):
     run = _copy_run(trained_run, tmp_path)
     config_before = (run / "config.yaml").read_bytes()
