@@ -184,7 +184,9 @@ def test_random_apply():
 
 
 @pytest.mark.parametrize("first", [T.RandomFlip(), T.HFlipTransform(20), "not an augmentation", None])
-@pytest.mark.parametrize("prob, error", [(1.5, ValueError), (-0.1, ValueError), (float("nan"), ValueError), ("0.5", TypeError)])
+@pytest.mark.parametrize(
+    "prob, error", [(1.5, ValueError), (-0.1, ValueError), (float("nan"), ValueError), ("0.5", TypeError)]
+)
 def test_random_apply_checks_prob_before_the_transform(first, prob, error):
     # detectron2 documents prob in [0, 1]; the probability is reported whatever the first argument is
     with pytest.raises(error, match="RandomApply: probability must be"):
