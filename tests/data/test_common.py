@@ -3,7 +3,6 @@
 import pickle
 from multiprocessing.reduction import ForkingPickler
 
-import numpy as np
 import pytest
 import torch
 
@@ -65,14 +64,6 @@ def test_dataset_from_list_pickles_and_shares_its_buffer(shapes_dicts):
 def test_dataset_from_list_names_an_unpicklable_item():
     with pytest.raises(TypeError, match=r"item 1 cannot be pickled.*serialize=False"):
         DatasetFromList([{"a": 1}, {"f": lambda x: x}])
-
-
-def test_picklable_wrapper():
-    offset = 3
-    fn = PicklableWrapper(PicklableWrapper(lambda x: x + offset))
-    assert not isinstance(fn._obj, PicklableWrapper)  # wrapping twice is wrapping once
-    assert fn(1) == 4 and pickle.loads(pickle.dumps(fn))(1) == 4
-    assert PicklableWrapper(np.zeros(3)).shape == (3,)  # attributes are forwarded
 
 
 @pytest.mark.slow
