@@ -15,7 +15,7 @@ def test_picklable_wrapper_pickles_closures_by_value():
     back = pickle.loads(pickle.dumps(fn))
     assert not isinstance(back, PicklableWrapper) and back(1) == 4  # unpickles to the function
     assert PicklableWrapper(np.zeros(3)).shape == (3,)  # attributes are forwarded
-    with pytest.raises(pickle.PicklingError):
+    with pytest.raises((pickle.PicklingError, AttributeError)):
         pickle.dumps(lambda x: x)  # what the wrapper is for
 
 
