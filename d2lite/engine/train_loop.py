@@ -274,6 +274,8 @@ class SimpleTrainer(TrainerBase):
         # only starts on the first submit.
         self.concurrent_executor = _metrics_executor()
         self._pending_metrics: List[concurrent.futures.Future] = []
+        if async_write_metrics:
+            logger.info("Metrics are gathered and written by a background thread (async_write_metrics=True).")
 
     def run_step(self) -> None:
         """Implement the standard training logic described above."""
