@@ -147,11 +147,11 @@ class CfgNode(_FvcoreCfgNode):
                     if _is_out_of_scope(full_key):
                         dropped.append(full_key)
                         break
-                    raise KeyError(_unknown_key_message("the command line", full_key, node, prefix))
+                    raise KeyError(_unknown_key_message("merge_from_list", full_key, node, prefix))
                 node = node[part]
             else:
                 kept += [full_key, value]
-        _warn_out_of_scope(dropped, "the command line")
+        _warn_out_of_scope(dropped, "merge_from_list")
         try:
             super().merge_from_list(kept)
         except (ValueError, AssertionError) as e:

@@ -256,7 +256,8 @@ def maybe_add_gradient_clipping(
     def step(self, closure=None):
         for group in self.param_groups:
             for p in group["params"]:
-                clipper(p)
+                if p.grad is not None:  # unused or frozen parameters have no gradient
+                    clipper(p)
         return super(clipped_type, self).step(closure)
 
     clipped_type = type(optimizer_type.__name__ + "WithGradientClip", (optimizer_type,), {"step": step})
