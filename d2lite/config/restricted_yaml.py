@@ -30,8 +30,9 @@ class RestrictedYAMLError(ValueError):
     """A YAML config holds a tag or expression that d2lite refuses to evaluate."""
 
 
-_MAX_ELEMENTS = 100_000  # longest range()/list an expression may build
+_MAX_ELEMENTS = 100_000  # list/tuple elements an expression may build in all
 _MAX_EXPONENT = 1_000
+_MAX_INT_BITS = 4_096
 
 _BINOPS: Dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -108,6 +109,12 @@ class _Interpreter:
 
     def __init__(self) -> None:
         self.scopes: List[Dict[str, Any]] = []
+        self.elements = 0  # list/tuple elements built so far, against _MAX_ELEMENTS
+
+    def charge(self, n: int) -> None:
+        self.elements += n
+        if self.elements > _MAX_ELEMENTS:
+            raise RestrictedYAMLError(f"the expression builds more than {_MAX_ELEMENTS} list elements")
 
     def run(self, node: ast.AST) -> Any:
         method = getattr(self, "visit_" + type(node).__name__, None)
@@ -126,6 +133,7 @@ class _Interpreter:
     def _elements(self, elts: List[ast.expr]) -> List[Any]:
         if any(isinstance(e, ast.Starred) for e in elts):
             raise RestrictedYAMLError("starred expressions are not allowed")
+        self.charge(len(elts))
         return [self.run(e) for e in elts]
 
     def visit_List(self, node: ast.List) -> Any:
@@ -148,14 +156,19 @@ class _Interpreter:
         left, right = self.run(node.left), self.run(node.right)
         if not (_is_number(left) and _is_number(right)):
             raise RestrictedYAMLError(f"{ast.unparse(node)!r}: arithmetic is allowed on numbers only")
-        if op is operator.pow and abs(right) > _MAX_EXPONENT:
-            raise RestrictedYAMLError(f"{ast.unparse(node)!r}: exponent larger than {_MAX_EXPONENT}")
+        if op is operator.pow and (
+            abs(right) > _MAX_EXPONENT
+            or (isinstance(left, int) and isinstance(right, int) and left.bit_length() * right > _MAX_INT_BITS)
+        ):
+            raise RestrictedYAMLError(f"{ast.unparse(node)!r}: the power is too large")
         try:
             result = op(left, right)
         except (ArithmeticError, ValueError) as e:
             raise RestrictedYAMLError(f"{ast.unparse(node)!r}: {e}") from e
         if isinstance(result, complex) or (isinstance(result, float) and not math.isfinite(result)):
             raise RestrictedYAMLError(f"{ast.unparse(node)!r} is not a finite real number")
+        if isinstance(result, int) and result.bit_length() > _MAX_INT_BITS:
+            raise RestrictedYAMLError(f"{ast.unparse(node)!r} is an integer of more than {_MAX_INT_BITS} bits")
         return result
 
     def visit_Compare(self, node: ast.Compare) -> bool:
@@ -183,7 +196,10 @@ class _Interpreter:
             )
         if node.keywords:
             raise RestrictedYAMLError(f"{ast.unparse(node)!r}: keyword arguments are not allowed")
-        return _FUNCTIONS[node.func.id](*self._elements(node.args))
+        result = _FUNCTIONS[node.func.id](*self._elements(node.args))
+        if isinstance(result, (list, tuple)):
+            self.charge(len(result))
+        return result
 
     def visit_ListComp(self, node: ast.ListComp) -> List[Any]:
         out: List[Any] = []
@@ -192,9 +208,8 @@ class _Interpreter:
 
     def _comprehend(self, generators: List[ast.comprehension], elt: ast.expr, out: List[Any]) -> None:
         if not generators:
+            self.charge(1)
             out.append(self.run(elt))
-            if len(out) > _MAX_ELEMENTS:
-                raise RestrictedYAMLError(f"the comprehension builds more than {_MAX_ELEMENTS} elements")
             return
         gen = generators[0]
         if gen.is_async or not isinstance(gen.target, ast.Name):

@@ -47,6 +47,7 @@ def test_registries_hold_detectron2_names():
 
 def test_unknown_registered_name_lists_the_registered_ones():
     cfg = get_cfg()  # detectron2's default META_ARCHITECTURE is GeneralizedRCNN, which d2lite lacks
+    cfg.MODEL.DEVICE = "cpu"
     with pytest.raises(KeyError, match="GeneralizedRCNN.*META_ARCH.*Registered: RetinaNet"):
         build_model(cfg)
     cfg = _cfg("MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbon")
@@ -65,6 +66,14 @@ def test_yaml_builds_the_lazyconfig_retinanet():
     frozen = {k for k, p in from_yaml.named_parameters() if not p.requires_grad}
     assert frozen and all(k.startswith(("backbone.bottom_up.stem.", "backbone.bottom_up.res2.")) for k in frozen)
     assert_same_detector(from_yaml, from_py, num_classes=80)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error():
+    cfg = get_cfg()
+    cfg.merge_from_file(str(R50_1X_YAML))
+    with pytest.raises(RuntimeError, match="MODEL.DEVICE='cuda'.*set MODEL.DEVICE to 'cpu'"):
+        build_model(cfg)
 
 
 def test_from_config_keywords_override_the_config():

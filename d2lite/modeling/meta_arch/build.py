@@ -29,7 +29,13 @@ def build_model(cfg: Any) -> nn.Module:
         cfg.MODEL.DEVICE = "cpu"
         model = build_model(cfg)
     """
+    device = torch.device(cfg.MODEL.DEVICE)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} (detectron2's default is 'cuda') but CUDA is not available; "
+            "set MODEL.DEVICE to 'cpu'"
+        )
     name = cfg.MODEL.META_ARCHITECTURE
     model = META_ARCH_REGISTRY.get(name)(cfg)
-    model.to(torch.device(cfg.MODEL.DEVICE))
+    model.to(device)
     return model
