@@ -91,41 +91,45 @@ class DatasetMapper:
 
     @classmethod
     def from_config(cls, cfg: Any, is_train: bool = True) -> Dict[str, Any]:
-        """Arguments from a detectron2-style (yacs-layout) config, e.g. an omegaconf
-        DictConfig with ``INPUT.{MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, MIN_SIZE_TRAIN_SAMPLING,
-        MIN_SIZE_TEST, MAX_SIZE_TEST, RANDOM_FLIP, FORMAT, CROP.{ENABLED,TYPE,SIZE}}``;
-        missing keys take detectron2's defaults. LazyConfig users pass arguments directly.
+        """Arguments from a detectron2-style config (:func:`d2lite.config.get_cfg`):
+        ``INPUT.{MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, MIN_SIZE_TRAIN_SAMPLING, MIN_SIZE_TEST,
+        MAX_SIZE_TEST, RANDOM_FLIP, FORMAT, CROP.{ENABLED, TYPE, SIZE, CROP_INSTANCE}}``, as detectron2's
+        ``DatasetMapper.from_config``. A partial config (e.g. an omegaconf DictConfig with a
+        few ``INPUT`` keys) takes detectron2's defaults for the missing keys.
         """
 
-        def get(path: str, default: Any) -> Any:
+        def get(path: str) -> Any:
             node = cfg
             for key in path.split("."):
                 try:
                     node = node[key] if isinstance(node, dict) or hasattr(node, "keys") else getattr(node, key)
                 except (KeyError, AttributeError):
-                    return default
-            return default if node is None else node
+                    node = None
+                    break
+            if node is not None:
+                return node
+            from d2lite.config.defaults import _C
+
+            return _select(_C, path)
 
         augs = utils.build_augmentation(
             is_train,
-            min_size_train=tuple(get("INPUT.MIN_SIZE_TRAIN", (800,))),
-            max_size_train=get("INPUT.MAX_SIZE_TRAIN", 1333),
-            min_size_train_sampling=get("INPUT.MIN_SIZE_TRAIN_SAMPLING", "choice"),
-            min_size_test=get("INPUT.MIN_SIZE_TEST", 800),
-            max_size_test=get("INPUT.MAX_SIZE_TEST", 1333),
-            random_flip=get("INPUT.RANDOM_FLIP", "horizontal"),
+            min_size_train=tuple(get("INPUT.MIN_SIZE_TRAIN")),
+            max_size_train=get("INPUT.MAX_SIZE_TRAIN"),
+            min_size_train_sampling=get("INPUT.MIN_SIZE_TRAIN_SAMPLING"),
+            min_size_test=get("INPUT.MIN_SIZE_TEST"),
+            max_size_test=get("INPUT.MAX_SIZE_TEST"),
+            random_flip=get("INPUT.RANDOM_FLIP"),
         )
-        crop = is_train and get("INPUT.CROP.ENABLED", False)
+        crop = is_train and get("INPUT.CROP.ENABLED")
         if crop:
-            augs.insert(
-                0, T.RandomCrop(get("INPUT.CROP.TYPE", "relative_range"), tuple(get("INPUT.CROP.SIZE", (0.9, 0.9))))
-            )
+            augs.insert(0, T.RandomCrop(get("INPUT.CROP.TYPE"), tuple(get("INPUT.CROP.SIZE"))))
         return {
             "is_train": is_train,
             "augmentations": augs,
-            "image_format": get("INPUT.FORMAT", "BGR"),
+            "image_format": get("INPUT.FORMAT"),
             # the key of AdelaiDet-style configs; detectron2's own crop is a plain RandomCrop
-            "crop_with_instance": bool(crop and get("INPUT.CROP.CROP_INSTANCE", False)),
+            "crop_with_instance": bool(crop and get("INPUT.CROP.CROP_INSTANCE")),
         }
 
     def _transform_annotations(self, dataset_dict: Dict[str, Any], transforms, image_shape) -> None:
@@ -191,3 +195,10 @@ class DatasetMapper:
                 anno.pop("keypoints", None)
             self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
+
+
+def _select(cfg: Any, path: str) -> Any:
+    """``cfg.A.B.C`` for ``path="A.B.C"``."""
+    for key in path.split("."):
+        cfg = cfg[key]
+    return cfg

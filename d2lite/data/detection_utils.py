@@ -256,8 +256,8 @@ def build_augmentation(
 ) -> List[T.Augmentation]:
     """The default augmentations: ResizeShortestEdge (+ RandomFlip for training).
 
-    detectron2 reads these values from a yacs config (``cfg.INPUT.*``); d2lite has no
-    yacs config, so they are keyword arguments with detectron2's defaults.
+    detectron2 reads these values from ``cfg.INPUT.*``; here they are keyword arguments
+    with detectron2's defaults (``DatasetMapper.from_config`` maps a config to them).
     ``random_flip`` is "horizontal", "vertical" or "none".
     """
     if is_train:

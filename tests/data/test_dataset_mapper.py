@@ -211,3 +211,47 @@ def test_from_config_crop_instance(coco_fixture):
     assert DatasetMapper(cfg, is_train=True).crop_with_instance
     assert not DatasetMapper(cfg, is_train=False).crop_with_instance
     assert not DatasetMapper(OmegaConf.create({"INPUT": {"CROP": {"ENABLED": True}}}), is_train=True).crop_with_instance
+
+
+def _apply(mapper, image, boxes, seed):
+    np.random.seed(seed)
+    aug_input = T.AugInput(image.copy(), boxes=boxes.copy())
+    mapper.augmentations(aug_input)
+    return aug_input.image, aug_input.boxes
+
+
+def test_yaml_input_settings_equal_the_lazyconfig_file():
+    """retinanet_R_50_FPN_1x.yaml's INPUT gives the augmentations of retinanet_R_50_FPN_1x.py: same
+    types, and the same images and boxes out for the same random draws."""
+    from helpers import DETECTRON2_CONFIGS, REPO_ROOT
+
+    from d2lite.config import LazyConfig, get_cfg, instantiate
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(DETECTRON2_CONFIGS / "COCO-Detection" / "retinanet_R_50_FPN_1x.yaml"))
+    lazy = LazyConfig.load(str(REPO_ROOT / "configs" / "COCO-Detection" / "retinanet_R_50_FPN_1x.py"))
+    rng = np.random.default_rng(0)
+    state = np.random.get_state()
+    try:
+        for is_train, lazy_mapper in ((True, lazy.dataloader.train.mapper), (False, lazy.dataloader.test.mapper)):
+            from_yaml, from_py = DatasetMapper(cfg, is_train), instantiate(lazy_mapper)
+            assert (from_yaml.is_train, from_yaml.image_format) == (from_py.is_train, from_py.image_format)
+            types = [type(a) for a in from_yaml.augmentations.augs]
+            assert types == [type(a) for a in from_py.augmentations.augs]
+            assert types == ([T.ResizeShortestEdge, T.RandomFlip] if is_train else [T.ResizeShortestEdge])
+            sizes, flips = set(), set()
+            for seed in range(16):
+                h, w = (int(x) for x in rng.integers(300, 400, size=2))  # long side stays under 1333
+                image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+                boxes = np.array([[10.0, 20.0, 50.0, 90.0]])
+                img_a, boxes_a = _apply(from_yaml, image, boxes, seed)
+                img_b, boxes_b = _apply(from_py, image, boxes, seed)
+                assert np.array_equal(img_a, img_b) and np.array_equal(boxes_a, boxes_b)
+                sizes.add(min(img_a.shape[:2]))
+                flips.add(bool(abs(boxes_a[0, 0] - boxes[0, 0] * img_a.shape[1] / w) > 1))
+            if is_train:  # the draws covered several sizes of MIN_SIZE_TRAIN and both flip outcomes
+                assert sizes <= {640, 672, 704, 736, 768, 800} and len(sizes) > 2 and flips == {True, False}
+            else:
+                assert sizes == {800}
+    finally:
+        np.random.set_state(state)
