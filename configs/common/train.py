@@ -27,6 +27,9 @@ train = dict(
     # iterations (a run starting to diverge; a NaN/inf loss always stops training). factor=0: off.
     loss_explosion=dict(factor=100.0, window=20),
     log_period=20,
+    # Gather and write the losses in a background thread, overlapping the optimizer step
+    # (detectron2's SimpleTrainer(async_write_metrics=True)); metrics.json is the same.
+    async_write_metrics=False,
     # Every vis_period iterations, put a few training images with their
     # ground-truth boxes into TensorBoard (0 = never).
     vis_period=0,

@@ -119,7 +119,8 @@ def remove_temporary_files(output_dir: str) -> List[str]:
 def eval_output_dir(output_dir: str, checkpoint: str) -> str:
     """``{output_dir}/eval/{checkpoint file name without extension}``: where an
     evaluation-only run of ``checkpoint`` writes its config, manifest, log and results."""
-    name = os.path.splitext(os.path.basename(checkpoint.rstrip("/")))[0] or "checkpoint"
+    path = checkpoint.split("?", 1)[0] if not os.path.isfile(checkpoint) else checkpoint  # load options
+    name = os.path.splitext(os.path.basename(path.rstrip("/")))[0] or "checkpoint"
     return os.path.join(output_dir, "eval", name)
 
 

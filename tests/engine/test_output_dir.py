@@ -102,6 +102,7 @@ def test_eval_output_dir():
         "output/run", "eval", "model_final"
     )
     assert eval_output_dir("o", "detectron2://R-50.pkl") == os.path.join("o", "eval", "R-50")
+    assert eval_output_dir("o", "w/model.pth?matching_heuristics=True") == os.path.join("o", "eval", "model")
 
 
 def _cfg(output_dir, init=""):

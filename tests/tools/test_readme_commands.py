@@ -11,10 +11,13 @@ the work are appended where the command takes them (a 4-iteration schedule for t
 
 Not run here: ``make demo`` (its recipe, read with ``make -n demo``, is the first
 training command below, run on the tiny schedule), ``make test``/``make test-quick``/
-``make lint`` (CI runs them), ``python -m pytest ...`` (this suite), and the README's
+``make lint`` (CI runs them), ``python -m pytest ...`` (this suite), the README's
 multi-process templates written with ``--config-file ...`` (``--num-gpus 8``,
 ``--num-machines 2``, ``torchrun``: they need GPUs or machines; ``--num-gpus 2`` on CPU
-is tested in test_lazyconfig_train_net.py).
+is tested in test_lazyconfig_train_net.py), and the commands of "Coming from
+detectron2", which convert and train the user's own detectron2 YAML on COCO
+(tools/convert_yacs_config.py's --help examples, run here, convert the copy of
+detectron2's YAML in tests/config).
 """
 
 import importlib
@@ -66,11 +69,23 @@ def _join_lines(lines: List[str]) -> List[str]:
     return commands
 
 
-def readme_commands() -> List[str]:
-    """The command lines of the README's ```bash blocks, in order."""
+# README sections whose commands are not run: they convert and train the user's own
+# detectron2 YAML on COCO, which a fresh clone does not have.
+USER_DATA_SECTIONS = ("Coming from detectron2",)
+
+
+def readme_commands(skip_sections=USER_DATA_SECTIONS) -> List[str]:
+    """The command lines of the README's ```bash blocks (also indented ones), in order,
+    except those of ``skip_sections`` (``##``/``###`` headings)."""
     text = (REPO_ROOT / "README.md").read_text()
-    blocks = re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M)
-    return [c for block in blocks for c in _join_lines(block.splitlines())]
+    commands = []
+    for section in re.split(r"^(?=#{2,3} )", text, flags=re.M):
+        heading = section.splitlines()[0].lstrip("#").strip() if section.startswith("#") else ""
+        if heading in skip_sections:
+            continue
+        blocks = re.findall(r"^([ \t]*)```bash\n(.*?)^\1```", section, flags=re.S | re.M)
+        commands += [c for _, block in blocks for c in _join_lines(block.splitlines())]
+    return commands
 
 
 def help_examples(help_text: str) -> List[str]:
@@ -89,7 +104,7 @@ def help_examples(help_text: str) -> List[str]:
 def _not_run(command: str) -> bool:
     if command.startswith("make ") or command == "source .venv/bin/activate" or " -m pytest" in command:
         return True
-    if "--config-file ..." in command:  # a template: must be one of the multi-process lines
+    if "..." in command:  # a template: must be one of the multi-process lines
         assert re.search(r"--num-gpus|--num-machines|^torchrun ", command), f"README placeholder in: {command}"
         return True
     return False
