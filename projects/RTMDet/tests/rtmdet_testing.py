@@ -54,3 +54,27 @@ def synthetic_batch(n=2, size=64, seed=0):
         )
         batch.append({"image": img, "instances": inst, "height": size, "width": size})
     return batch
+
+
+class ScriptedRng:
+    """A stand-in for ``np.random.Generator`` that returns scripted values, to test the
+    arithmetic of an augmentation for chosen draws. ``calls`` records (method, args)."""
+
+    def __init__(self, random=(), integers=(), uniform=()):
+        self._values = {"random": list(random), "integers": list(integers), "uniform": list(uniform)}
+        self.calls = []
+
+    def _next(self, name, args):
+        self.calls.append((name, args))
+        if not self._values[name]:
+            raise AssertionError(f"unexpected draw rng.{name}{args}")
+        return self._values[name].pop(0)
+
+    def random(self, *args):
+        return self._next("random", args)
+
+    def integers(self, *args):
+        return self._next("integers", args)
+
+    def uniform(self, *args):
+        return self._next("uniform", args)
