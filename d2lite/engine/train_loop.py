@@ -47,7 +47,14 @@ class HookBase:
     A hook with state to resume (e.g. an LR scheduler) implements ``state_dict`` /
     ``load_state_dict``; it is saved under its class' qualified name in
     ``trainer.state_dict()["hooks"]``.
+
+    ``priority`` (a name of :class:`d2lite.engine.priority.Priority` or an int in
+    [0, 100], default ``"NORMAL"``) orders hooks where a hook list is composed from
+    several sources (:func:`d2lite.engine.lazy_train.default_hooks`);
+    :meth:`TrainerBase.register_hooks` itself keeps the order it is given, as detectron2's.
     """
+
+    priority: Any = "NORMAL"
 
     trainer: TrainerBase = None  # type: ignore[assignment]
     """A weak reference to the trainer object. Set by the trainer when the hook is registered."""
