@@ -13,9 +13,9 @@ from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 from omegaconf import OmegaConf
 
-from d2lite.config import instantiate
 from d2lite.engine import HookBase
 from d2lite.engine.hooks import EvalHook
+from d2lite.engine.lazy_train import build_train_loader, do_test
 
 __all__ = ["PipelineSwitchHook"]
 
@@ -97,17 +97,9 @@ class PipelineSwitchHook(HookBase):
         """The stage-2 training loader."""
         if callable(self.loader):
             return self.loader()
-        from d2lite.engine import lazy_train
-
-        node = self._loader_config()
-        builder = getattr(lazy_train, "build_train_loader", None)
-        if builder is None:
-            return instantiate(node)
-        return builder(self._config(), loader_cfg=node)
+        return build_train_loader(self._config(), loader_cfg=self._loader_config())
 
     def _default_eval_function(self) -> Dict[str, Any]:
-        from d2lite.engine.lazy_train import do_test
-
         cfg = self._config()
         ema = None
         ema_cfg = cfg.train.get("ema", None) or {}

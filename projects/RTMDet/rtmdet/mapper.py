@@ -12,7 +12,7 @@ from d2lite.data import detection_utils as utils
 from d2lite.data import transforms as T
 from d2lite.structures import Boxes, BoxMode, Instances
 
-from .transforms import DetAugInput, SampleRejected
+from .transforms import DetAugInput, SampleRejected, clip_boxes
 
 __all__ = ["RTMDetDatasetMapper"]
 
@@ -33,8 +33,10 @@ class RTMDetDatasetMapper:
        sample's augmentation depends on that seed and on the worker's caches only;
     4. apply ``augmentations`` to a :class:`~rtmdet.transforms.DetAugInput`;
     5. return the dict with "image" (uint8 tensor (C, H, W)) and "instances"
-       (gt_boxes XYXY_ABS float32, gt_classes int64; boxes of zero width or height
-       are dropped, as d2lite's DatasetMapper does).
+       (gt_boxes XYXY_ABS float32 clipped to the image, gt_classes int64; boxes of zero
+       width or height are dropped, as d2lite's DatasetMapper does). mmdetection's
+       transforms clip already; the final clip keeps boxes valid after d2lite's own
+       augmentations, which do not.
 
     Returns None when an augmentation rejects the sample
     (:class:`~rtmdet.transforms.SampleRejected`, e.g. a crop without boxes); d2lite's
@@ -121,7 +123,8 @@ class RTMDetDatasetMapper:
         image_shape = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         instances = Instances(image_shape)
-        instances.gt_boxes = Boxes(torch.as_tensor(np.ascontiguousarray(aug_input.boxes), dtype=torch.float32))
+        boxes = clip_boxes(aug_input.boxes, image_shape[0], image_shape[1])
+        instances.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32))
         instances.gt_classes = torch.as_tensor(aug_input.classes, dtype=torch.int64)
         dataset_dict["instances"] = utils.filter_empty_instances(instances, box_threshold=0.0)
         return dataset_dict
