@@ -16,6 +16,8 @@ from omegaconf import OmegaConf
 from d2lite.engine import HookBase
 from d2lite.engine.hooks import EvalHook
 from d2lite.engine.lazy_train import build_train_loader, do_test
+from d2lite.utils import comm
+from d2lite.utils.logger import setup_logger
 
 __all__ = ["PipelineSwitchHook"]
 
@@ -30,6 +32,9 @@ class PipelineSwitchHook(HookBase):
     workers start with the stage-2 pipeline, so every batch from ``switch_iter`` on is a
     stage-2 batch (signalling live workers would still deliver their prefetched stage-1
     batches). The new loader has a new sampler, which starts its shuffled order afresh.
+
+    In a run of the training tool it also sets up the ``rtmdet`` logger (console and
+    ``train.output_dir/log.txt``, as d2lite's), so the switch is in the log.
 
     Nothing is checkpointed: the stage follows from the iteration, so a run resumed at
     or after ``switch_iter`` switches before its first iteration.
@@ -116,6 +121,9 @@ class PipelineSwitchHook(HookBase):
 
     # -------------------------------------------------------------------- hooks
     def before_train(self) -> None:
+        cfg = getattr(self.trainer, "cfg", None)
+        if cfg is not None:  # the training tool set up d2lite's logger; the project's goes to the same places
+            setup_logger(cfg.train.get("output_dir", None), distributed_rank=comm.get_rank(), name="rtmdet")
         if isinstance(self.loader, str):
             self._loader_config()  # fail at the start, not at the switch, on a wrong key
         if self.eval_period > 0:
