@@ -134,8 +134,10 @@ class PipelineSwitchHook(HookBase):
     def before_step(self) -> None:
         if self.switched or self.trainer.iter < self.switch_iter:
             return
+        source = self.loader if isinstance(self.loader, str) else "loader function"
         logger.info(
-            f"PipelineSwitchHook: switching the training data pipeline to stage 2 ({self.loader if isinstance(self.loader, str) else 'loader function'}) at iteration {self.trainer.iter}"
+            f"PipelineSwitchHook: switching the training data pipeline to stage 2 ({source}) "
+            f"at iteration {self.trainer.iter}"
         )
         self.trainer.reset_data_loader(self.build_loader)
         self.switched = True

@@ -116,3 +116,25 @@ def test_loader_from_a_config_key_and_a_missing_key():
         trainer.train(0, 3)
     with pytest.raises(ValueError, match="switch_iter"):
         PipelineSwitchHook(switch_iter=-1)
+
+
+def test_visualize_data_shows_both_stages(tmp_path):
+    """tools/visualize_data.py draws stage-1 (default) and stage-2 (--loader train_stage2) samples."""
+    import os
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    sys.path.insert(0, os.path.join(repo, "tools"))
+    try:
+        import visualize_data
+    finally:
+        sys.path.remove(os.path.join(repo, "tools"))
+    config = os.path.join(repo, "projects", "RTMDet", "configs", "rtmdet_tiny_shapes_recipe.py")
+    for loader, out in (("train", tmp_path / "s1"), ("train_stage2", tmp_path / "s2")):
+        args = ["--config-file", config, "--output-dir", str(out), "--num-images", "6", "--loader", loader]
+        assert visualize_data.main(args) == 0
+        images = [np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))]
+        assert len(images) == 6 and all(img.shape == (224, 224, 3) for img in images)

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from rtmdet_testing import write_coco_fixture
 from test_pretrained import _imagenet_checkpoint
 
@@ -58,13 +59,17 @@ def test_tiny_coco_recipe_switches_evaluates_and_resumes_in_stage_2(tmp_path):
     backbone_sd = _imagenet_checkpoint(tmp_path / "cspnext-tiny_imagenet_600e.pth")
 
     out = tmp_path / "run"
-    log = _train(tmp_path, out, "train.max_iter=3")
+    log = _train(tmp_path, out, "train.max_iter=3", "train.vis_period=1")
     assert "switching the training data pipeline to stage 2 (dataloader.train_stage2) at iteration 2" in log
     records = _metrics(out)
     assert [r["iteration"] for r in records if "total_loss" in r] == [0, 1, 2]
     assert all(r["total_loss"] == r["total_loss"] for r in records if "total_loss" in r)  # finite, not NaN
     # the last iteration (2) is evaluated by EvalHook after training (stored at iteration 3), not by the hook
     assert [r["iteration"] for r in records if "bbox/AP" in r] == [3]
+    # TensorBoard shows the training images of both stages, as the model gets them (640x640)
+    acc = EventAccumulator(str(out), size_guidance={"images": 0}).Reload()
+    shown = acc.Images("train/gt_boxes_0")
+    assert [e.step for e in shown] == [0, 1, 2] and all((e.width, e.height) == (640, 640) for e in shown)
     final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
     assert final["iteration"] == 2
     # the backbone started from the checkpoint: stem weights moved only by 3 AdamW steps
