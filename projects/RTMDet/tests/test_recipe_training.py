@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from rtmdet_testing import write_coco_fixture
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_pretrained import _imagenet_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
