@@ -115,9 +115,8 @@ class RTMDetDatasetMapper:
         )
         try:
             self.augmentations(aug_input)
-        except SampleRejected as e:
-            logger.debug(f"{file_name}: {e}; another sample is loaded")
-            return None
+        except SampleRejected:
+            return None  # MapDataset maps another index (and warns if that keeps happening)
 
         image = aug_input.image
         image_shape = image.shape[:2]
