@@ -188,6 +188,23 @@ _SDIV[1:] = np.rint((255 << _HSV_SHIFT) / np.arange(1, 256, dtype=np.float64))
 _HDIV[1:] = np.rint((180 << _HSV_SHIFT) / (6.0 * np.arange(1, 256, dtype=np.float64)))
 
 
+def _bgr_to_hsv_planes(img: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(h, s, v) int32 planes ``(H, W)`` of a uint8 BGR image (see :func:`bgr_to_hsv`)."""
+    b, g, r = np.ascontiguousarray(img.transpose(2, 0, 1)).astype(np.int32)  # planar: fast elementwise ops
+    v = np.maximum(np.maximum(b, g), r)
+    diff = v - np.minimum(np.minimum(b, g), r)
+    s = diff * _SDIV.take(v)
+    s += 1 << (_HSV_SHIFT - 1)
+    s >>= _HSV_SHIFT
+    # hue numerator: g - b if v == r (takes precedence, as in OpenCV), b - r + 2 diff if v == g, else r - g + 4 diff
+    h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+    h *= _HDIV.take(diff)
+    h += 1 << (_HSV_SHIFT - 1)
+    h >>= _HSV_SHIFT
+    h += 180 * (h < 0)
+    return h, s, v
+
+
 def bgr_to_hsv(img: np.ndarray) -> np.ndarray:
     """OpenCV's ``cvtColor(img, COLOR_BGR2HSV)`` for uint8 ``(H, W, 3)`` BGR images.
 
@@ -198,24 +215,7 @@ def bgr_to_hsv(img: np.ndarray) -> np.ndarray:
     Returns uint8 ``(H, W, 3)``: H in [0, 180) (degrees / 2), S and V in [0, 255].
     Example: BGR (0, 0, 255) (red) -> HSV (0, 255, 255); BGR (255, 0, 0) -> (120, 255, 255).
     """
-    b, g, r = (img[..., c].astype(np.int32) for c in range(3))
-    v = np.maximum(np.maximum(b, g), r)
-    diff = v - np.minimum(np.minimum(b, g), r)
-    out = np.empty(img.shape, np.uint8)
-    s = diff * _SDIV.take(v)
-    s += 1 << (_HSV_SHIFT - 1)
-    s >>= _HSV_SHIFT
-    out[..., 1] = s
-    out[..., 2] = v
-    h = r - g + 4 * diff  # v == b
-    np.copyto(h, b - r + 2 * diff, where=v == g)
-    np.copyto(h, g - b, where=v == r)  # v == r takes precedence, as in OpenCV
-    h *= _HDIV.take(diff)
-    h += 1 << (_HSV_SHIFT - 1)
-    h >>= _HSV_SHIFT
-    h += 180 * (h < 0)
-    out[..., 0] = h
-    return out
+    return np.stack(_bgr_to_hsv_planes(img), axis=-1).astype(np.uint8)
 
 
 def _hsv_multipliers() -> np.ndarray:
@@ -243,6 +243,15 @@ _HSV_FACTORS = _hsv_multipliers()
 _V_SCALED = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
+def _hsv_planes_to_bgr(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """uint8 ``(H, W, 3)`` BGR from integer h (0-179), s, v planes (see :func:`hsv_to_bgr`)."""
+    shape = h.shape + (3,)
+    out = _HSV_FACTORS.take((h.astype(np.int32) * 256 + s).reshape(-1), axis=0)  # (N, 3) factors of b, g, r
+    out *= _V_SCALED.take(v.reshape(-1))[:, None]
+    out *= np.float32(255.0)
+    return out.astype(np.uint8).reshape(shape)
+
+
 def hsv_to_bgr(hsv: np.ndarray) -> np.ndarray:
     """OpenCV's ``cvtColor(hsv, COLOR_HSV2BGR)`` for uint8 ``(H, W, 3)`` with H in [0, 180).
 
@@ -255,10 +264,7 @@ def hsv_to_bgr(hsv: np.ndarray) -> np.ndarray:
     """
     if hsv[..., 0].max(initial=0) >= 180:
         raise ValueError("hsv_to_bgr: hue must be in [0, 180).")
-    out = _HSV_FACTORS[hsv[..., 0].astype(np.int32) * 256 + hsv[..., 1]]  # (H, W, 3)
-    out *= _V_SCALED[hsv[..., 2]][..., None]
-    out *= np.float32(255.0)
-    return out.astype(np.uint8)
+    return _hsv_planes_to_bgr(hsv[..., 0], hsv[..., 1], hsv[..., 2])
 
 
 class HSVTransform(T.Transform):
@@ -284,11 +290,14 @@ class HSVTransform(T.Transform):
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"HSVTransform needs a uint8 (H, W, 3) image, got {img.dtype} {img.shape}.")
         bgr = img if self.image_format == "BGR" else img[..., ::-1]
-        hsv = bgr_to_hsv(bgr).astype(np.int16)
-        hsv[..., 0] = (hsv[..., 0] + self.gains[0]) % 180
-        hsv[..., 1] = np.clip(hsv[..., 1] + self.gains[1], 0, 255)
-        hsv[..., 2] = np.clip(hsv[..., 2] + self.gains[2], 0, 255)
-        out = hsv_to_bgr(hsv.astype(np.uint8))
+        h, s, v = _bgr_to_hsv_planes(bgr)
+        # the shifts as lookup tables over the 180 / 256 possible values
+        dh, ds, dv = self.gains
+        levels = np.arange(256, dtype=np.int32)
+        h = ((np.arange(180, dtype=np.int32) + dh) % 180).take(h)
+        s = np.clip(levels + ds, 0, 255).take(s)
+        v = np.clip(levels + dv, 0, 255).take(v)
+        out = _hsv_planes_to_bgr(h, s, v)
         return out if self.image_format == "BGR" else np.ascontiguousarray(out[..., ::-1])
 
     def apply_coords(self, coords: np.ndarray) -> np.ndarray:
