@@ -10,9 +10,11 @@ loads after a prefix rename only (see :mod:`rtmdet.converter`).
 from typing import Callable, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from d2lite.layers import get_norm
+from d2lite.layers.batch_norm import frozen_affine
 
 __all__ = [
     "ConvModule",
@@ -98,6 +100,16 @@ class ConvModule(nn.Module):
             nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        # In eval mode BN is a fixed affine map: fold it into the conv (one pass over the
+        # activations fewer; the same numbers up to floating-point rounding).
+        affine = frozen_affine(self.bn)
+        if affine is not None:
+            scale, shift = affine
+            conv = self.conv
+            weight = conv.weight * scale.to(conv.weight.dtype).reshape(-1, 1, 1, 1)
+            bias = shift if conv.bias is None else conv.bias * scale + shift
+            x = F.conv2d(x, weight, bias.to(weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+            return self.activate(x)
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
