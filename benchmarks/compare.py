@@ -162,16 +162,17 @@ def _rtmdet_to_mmdet_keys(sd: Dict) -> Dict:
 # ----------------------------------------------------------------------------- workers
 
 
-def _timed(fn: Callable[[], object], warmup: int, runs: int) -> Tuple[List[float], object]:
+def _timed(fn: Callable[[], object], warmup: int, runs: int) -> Tuple[List[Tuple[float, float]], object]:
+    """(wall seconds, process CPU seconds) of each timed call, and the first call's output."""
     first = None
     for i in range(warmup):
         out = fn()
         first = out if i == 0 else first
     times = []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0, time.process_time() - c0))
         first = out if first is None else first
     return times, first
 
@@ -181,7 +182,7 @@ def _infer_check(boxes_scores) -> Dict:
     return {"detections": int(scores.numel()), "top10_score_sum": round(float(scores[:10].sum()), 4)}
 
 
-def worker_d2lite(task: str, workdir: str, warmup: int, runs: int) -> Tuple[List[float], Dict]:
+def worker_d2lite(task: str, workdir: str, warmup: int, runs: int) -> Tuple[List, Dict]:
     import torch
 
     from d2lite.config import LazyConfig, instantiate
@@ -237,7 +238,7 @@ def worker_d2lite(task: str, workdir: str, warmup: int, runs: int) -> Tuple[List
     return times, losses
 
 
-def worker_detectron2(task: str, workdir: str, warmup: int, runs: int) -> Tuple[List[float], Dict]:
+def worker_detectron2(task: str, workdir: str, warmup: int, runs: int) -> Tuple[List, Dict]:
     import torch
     from detectron2.config import instantiate
     from detectron2.model_zoo import get_config
@@ -338,7 +339,7 @@ def _install_mmcv_ops_standin() -> None:
     sys.meta_path.insert(0, _Finder())
 
 
-def worker_mmdet(task: str, workdir: str, warmup: int, runs: int) -> Tuple[List[float], Dict]:
+def worker_mmdet(task: str, workdir: str, warmup: int, runs: int) -> Tuple[List, Dict]:
     _install_mmcv_ops_standin()
     import mmdet
     import torch
@@ -425,7 +426,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed repetitions per process")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--workdir", default=None, help="keep inputs and weights here (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", default=None, help="keep inputs and weights here, reused by later runs (default: a temp dir)"
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--task", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -448,7 +451,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or tmp
         os.makedirs(workdir, exist_ok=True)
-        prepare(workdir)
+        files = ["inputs.pt", "retinanet_train.pth", "retinanet_infer.pth", "rtmdet_d2lite.pth", "rtmdet_mmdet.pth"]
+        if args.workdir and all(os.path.isfile(os.path.join(workdir, f)) for f in files):
+            print(f"reusing the inputs and weights in {workdir}")
+        else:
+            prepare(workdir)
         results: Dict[Tuple[str, str], Dict] = {}
         for task in args.tasks:
             todo = [i for i in impls if task in SUPPORTS[i[0].split("@")[0]]]
@@ -458,25 +465,38 @@ def main() -> None:
                     res = _run_worker(label, python, src, task, workdir, args)
                     entry = results.setdefault((task, label), {"times": [], "check": res["check"]})
                     entry["times"] += res["times"]
-                    print(f"  {task} {label} round {r}: {statistics.median(res['times']):.3f} s", flush=True)
+                    wall = statistics.median(t[0] for t in res["times"])
+                    cpu = statistics.median(t[1] for t in res["times"])
+                    print(f"  {task} {label} round {r}: {wall:.3f} s wall, {cpu:.3f} CPU-s", flush=True)
 
     load = os.getloadavg()
     print(
         f"\ntorch threads={args.threads}, {platform.machine()}, rounds={args.rounds} x runs={args.runs}, "
-        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
-    print("\n| task | implementation | median (s) | ratio d2lite / this | check |")
-    print("|---|---|---:|---:|---|")
+    print(
+        "\nmedians over all timed runs; ratio = d2lite / implementation (CPU-s: process CPU time, "
+        "the steadier measure on a shared machine)"
+    )
+    print("\n| task | implementation | wall (s) | CPU (s) | ratio wall | ratio CPU | check |")
+    print("|---|---|---:|---:|---:|---:|---|")
     for task in args.tasks:
         ours = results.get((task, "d2lite"))
         for label, _, _ in impls:
             if (task, label) not in results:
                 continue
             r = results[(task, label)]
-            med = statistics.median(r["times"])
-            ratio = statistics.median(ours["times"]) / med if ours and label != "d2lite" else None
-            ratio_s = f"{ratio:.3f}" if ratio is not None else ""
-            print(f"| {task} | {label} | {med:.3f} | {ratio_s} | {json.dumps(r['check'])} |")
+            wall = statistics.median(t[0] for t in r["times"])
+            cpu = statistics.median(t[1] for t in r["times"])
+            ratios = ["", ""]
+            if ours and label != "d2lite":
+                ratios = [
+                    f"{statistics.median(t[0] for t in ours['times']) / wall:.3f}",
+                    f"{statistics.median(t[1] for t in ours['times']) / cpu:.3f}",
+                ]
+            print(
+                f"| {task} | {label} | {wall:.3f} | {cpu:.3f} | {ratios[0]} | {ratios[1]} | {json.dumps(r['check'])} |"
+            )
 
 
 if __name__ == "__main__":

@@ -264,9 +264,12 @@ class RTMDet(DenseDetector):
                 scores = scores[keep]
                 idxs = keep.nonzero()  # (K, 2): (prior, class)
                 num_topk = min(self.test_topk_candidates, idxs.size(0))
-                scores, order = scores.sort(descending=True)
-                scores = scores[:num_topk]
-                prior_idx, class_idx = idxs[order[:num_topk]].unbind(dim=1)
+                # the best num_topk, in decreasing order (a partial sort when fewer are kept)
+                if num_topk < scores.numel():
+                    scores, order = scores.topk(num_topk)
+                else:
+                    scores, order = scores.sort(descending=True)
+                prior_idx, class_idx = idxs[order].unbind(dim=1)
                 boxes = self.bbox_coder.decode(priors[prior_idx], dist_l[img_idx][prior_idx], max_shape=image_size)
                 boxes_all.append(boxes)
                 scores_all.append(scores)
