@@ -196,7 +196,10 @@ def worker_d2lite(task: str, workdir: str, warmup: int, runs: int) -> Tuple[List
         cfg.model.backbone.bottom_up.freeze_at = 2
         weights = "retinanet_train.pth" if task.endswith("train") else "retinanet_infer.pth"
     else:
-        cfg = LazyConfig.load(os.path.join(ROOT, "projects/RTMDet/configs/rtmdet_tiny_8xb32-300e_coco.py"))
+        import d2lite
+
+        src = os.path.dirname(os.path.dirname(os.path.abspath(d2lite.__file__)))  # the checkout measured
+        cfg = LazyConfig.load(os.path.join(src, "projects/RTMDet/configs/rtmdet_tiny_8xb32-300e_coco.py"))
         weights = "rtmdet_d2lite.pth"
     model = instantiate(cfg.model)
     model.load_state_dict(torch.load(os.path.join(workdir, weights)), strict=True)
