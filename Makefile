@@ -9,9 +9,9 @@ DEMO_CONFIG ?= configs/quick/retinanet_R_18_FPN_shapes.py
 
 .PHONY: setup demo test test-quick test-1thread lint rtmdet-demo
 
-$(STAMP): setup.py requirements.txt
+$(STAMP): setup.py requirements.txt projects/RTMDet/pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -e ".[tests]"
+	$(PY) -m pip install -e ".[tests]" -e projects/RTMDet
 	touch $(STAMP)
 
 setup: $(STAMP)

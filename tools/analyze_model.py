@@ -19,10 +19,10 @@ import sys
 
 import torch
 from fvcore.nn import FlopCountAnalysis, parameter_count, parameter_count_table
-from lazyconfig_train_net import ConfigError, load_config
 from torch import nn
 
 from d2lite.config import instantiate
+from d2lite.engine.lazy_train import ConfigError, load_config
 
 logger = logging.getLogger("d2lite.analyze_model")
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value overrides")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args)
+        cfg = load_config(args.config_file, args.opts)
     except ConfigError as e:
         print(f"analyze_model.py: error: {e}", file=sys.stderr)
         return 2

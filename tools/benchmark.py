@@ -20,9 +20,9 @@ import sys
 import time
 
 import torch
-from lazyconfig_train_net import ConfigError, build_model, load_config
 
 from d2lite.config import instantiate
+from d2lite.engine.lazy_train import ConfigError, build_model, load_config
 from d2lite.utils.env import seed_all_rng
 
 
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value overrides")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args)
+        cfg = load_config(args.config_file, args.opts)
     except ConfigError as e:
         print(f"benchmark.py: error: {e}", file=sys.stderr)
         return 2

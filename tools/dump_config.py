@@ -13,9 +13,8 @@ The YAML loads back with ``LazyConfig.load`` (and trains with
 import argparse
 import sys
 
-from lazyconfig_train_net import ConfigError, load_config
-
 from d2lite.config import LazyConfig
+from d2lite.engine.lazy_train import ConfigError, load_config
 
 
 def main(argv=None) -> int:
@@ -26,7 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value overrides")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args)
+        cfg = load_config(args.config_file, args.opts)
     except ConfigError as e:
         print(f"dump_config.py: error: {e}", file=sys.stderr)
         return 2

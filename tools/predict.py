@@ -21,13 +21,13 @@ from typing import List
 
 import numpy as np
 import torch
-from lazyconfig_train_net import ConfigError, _class_names, build_model, load_config
 from PIL import Image
 
 from d2lite.checkpoint import DetectionCheckpointer
 from d2lite.config import instantiate
 from d2lite.data import transforms as T
 from d2lite.data.detection_utils import read_image
+from d2lite.engine.lazy_train import ConfigError, build_model, class_names, load_config
 from d2lite.utils.visualizer import draw_boxes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -79,13 +79,13 @@ def main(argv=None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value overrides")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args)
+        cfg = load_config(args.config_file, args.opts)
         files = list_images(args.input)
         predictor = Predictor(cfg)
     except ConfigError as e:
         print(f"predict.py: error: {e}", file=sys.stderr)
         return 2
-    class_names = _class_names(cfg.dataloader.test) if "test" in cfg.dataloader else None
+    names = class_names(cfg.dataloader.test) if "test" in cfg.dataloader else None
     os.makedirs(args.output, exist_ok=True)
     records = []
     for path in files:
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         instances = predictor(image)
         instances = instances[instances.scores >= args.confidence_threshold]
         rgb = image[:, :, ::-1] if predictor.input_format == "BGR" else image
-        drawn = draw_boxes(rgb, instances.pred_boxes, instances.pred_classes, instances.scores, class_names)
+        drawn = draw_boxes(rgb, instances.pred_boxes, instances.pred_classes, instances.scores, names)
         out_file = Path(args.output) / (path.stem + ".png")
         Image.fromarray(drawn).save(out_file)
         for box, score, cls in zip(
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
                     "file_name": str(path),
                     "box_xyxy": [round(v, 2) for v in box],
                     "score": round(score, 4),
-                    "category": class_names[cls] if class_names else cls,
+                    "category": names[cls] if names else cls,
                 }
             )
         print(f"{path}: {len(instances)} detections -> {out_file}")

@@ -15,11 +15,11 @@ import os
 import sys
 
 import numpy as np
-from lazyconfig_train_net import ConfigError, _class_names, load_config
 from PIL import Image
 
 from d2lite.config import instantiate
 from d2lite.data.detection_utils import read_image
+from d2lite.engine.lazy_train import ConfigError, class_names, load_config
 from d2lite.structures import BoxMode
 from d2lite.utils.visualizer import draw_boxes, image_to_rgb
 
@@ -33,12 +33,12 @@ def main(argv=None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value overrides")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args)
+        cfg = load_config(args.config_file, args.opts)
     except ConfigError as e:
         print(f"visualize_data.py: error: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.output_dir, exist_ok=True)
-    class_names = _class_names(cfg.dataloader.train)
+    names = class_names(cfg.dataloader.train)
     written = 0
     if args.source == "dataloader":
         cfg.dataloader.train.num_workers = 0
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
             for d in batch:
                 inst = d["instances"]
                 img = draw_boxes(
-                    image_to_rgb(d["image"], input_format), inst.gt_boxes, inst.gt_classes, class_names=class_names
+                    image_to_rgb(d["image"], input_format), inst.gt_boxes, inst.gt_classes, class_names=names
                 )
                 name = f"{written:04d}_{os.path.splitext(os.path.basename(d['file_name']))[0]}.png"
                 Image.fromarray(img).save(os.path.join(args.output_dir, name))
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
             img = read_image(d["file_name"], format="RGB")
             annos = d.get("annotations", [])
             boxes = np.array([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos])
-            img = draw_boxes(img, boxes.reshape(-1, 4), [a["category_id"] for a in annos], class_names=class_names)
+            img = draw_boxes(img, boxes.reshape(-1, 4), [a["category_id"] for a in annos], class_names=names)
             Image.fromarray(img).save(os.path.join(args.output_dir, os.path.basename(d["file_name"])[:-4] + ".png"))
             written += 1
     print(f"Wrote {written} images to {args.output_dir}")

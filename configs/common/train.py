@@ -1,4 +1,4 @@
-"""Common training settings read by tools/lazyconfig_train_net.py.
+"""Common training settings read by d2lite.engine.lazy_train (tools/lazyconfig_train_net.py).
 
 Override on the command line, e.g. ``train.max_iter=100 train.device=cpu``.
 """
@@ -24,6 +24,9 @@ train = dict(
     # and dataloader.train.total_batch_size // world_size images per batch.
     val_loss=dict(period=0, num_batches=None),
     log_period=20,
+    # Gather and write the losses in a background thread, overlapping the optimizer step
+    # (detectron2's SimpleTrainer(async_write_metrics=True)); metrics.json is the same.
+    async_write_metrics=False,
     # Every vis_period iterations, put a few training images with their
     # ground-truth boxes into TensorBoard (0 = never).
     vis_period=0,
@@ -38,4 +41,8 @@ train = dict(
     # ema = (1 - m) * ema + m * param). momentum_fn, if set, is a LazyCall of a
     # callable step -> m. use_for_eval evaluates the EMA weights.
     ema=dict(enabled=False, momentum=0.0002, momentum_fn=None, update_buffers=False, use_for_eval=True),
+    # Extra hooks (LazyCall HookBase objects) added to the built-in ones, ordered by their
+    # priority ("NORMAL" by default: after the LR scheduler, before checkpointing, evaluation
+    # and the writers); see d2lite/engine/lazy_train.py. E.g. [L(MyHook)(period=10, priority="LOW")].
+    hooks=[],
 )

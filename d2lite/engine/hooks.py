@@ -112,6 +112,8 @@ class IterationTimer(HookBase):
     included; register it first.
     """
 
+    priority = "VERY_HIGH"
+
     def __init__(self, warmup_iter: int = 3) -> None:
         """
         Args:
@@ -172,6 +174,8 @@ class PeriodicWriter(HookBase):
     Note that ``period`` does not affect how data is smoothed by each writer.
     """
 
+    priority = "LOWEST"
+
     def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
         """
         Args:
@@ -221,6 +225,8 @@ class PeriodicCheckpointer(_PeriodicCheckpointer, HookBase):
     ``last_checkpoint`` file) is what ``--resume`` continues from.
     """
 
+    priority = "BELOW_NORMAL"
+
     def __init__(
         self,
         checkpointer: Checkpointer,
@@ -260,6 +266,8 @@ class BestCheckpointer(HookBase):
     iteration are part of the hook state, so a resumed run does not overwrite a
     better earlier checkpoint.
     """
+
+    priority = "LOW"
 
     def __init__(
         self,
@@ -353,6 +361,8 @@ class LRScheduler(HookBase):
     same learning rate.
     """
 
+    priority = "ABOVE_NORMAL"
+
     def __init__(self, optimizer: Optional[torch.optim.Optimizer] = None, scheduler=None) -> None:
         """
         Args:
@@ -429,6 +439,8 @@ class EvalHook(HookBase):
     put into the storage flattened (``"bbox/AP"``), without smoothing.
     """
 
+    priority = "LOW"
+
     def __init__(self, eval_period: int, eval_function: Callable[[], Any], eval_after_train: bool = True) -> None:
         """
         Args:
@@ -494,6 +506,8 @@ class GradientClipping(HookBase):
     storage as "grad_norm".
     """
 
+    priority = "HIGH"
+
     def __init__(self, clip_type: str = "norm", clip_value: float = 1.0, norm_type: float = 2.0) -> None:
         """
         Args:
@@ -533,6 +547,8 @@ class EMAHook(HookBase):
     trainer=trainer, ema=ema)``) so they are saved and resumed; evaluate with
     ``with ema.apply_to(model): ...``.
     """
+
+    priority = "HIGH"
 
     def __init__(self, ema) -> None:
         """

@@ -116,6 +116,8 @@ class ValidationLoss(HookBase):
     model must put the same scalar names on every worker.
     """
 
+    priority = "LOW"
+
     def __init__(self, period: int, data_loader: Iterable, num_batches: Optional[int] = None) -> None:
         """
         Args:

@@ -12,13 +12,11 @@ released models; see ``rtmdet/converter.py``.
 import argparse
 import logging
 import os
-import sys
 from typing import List, Optional
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rtmdet.converter import load_mmdet_checkpoint  # noqa: E402
+from rtmdet.converter import load_mmdet_checkpoint
 
 logger = logging.getLogger(__name__)
 

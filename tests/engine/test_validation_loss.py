@@ -267,28 +267,15 @@ def test_model_that_does_not_return_losses_is_reported():
             hook.after_step()
 
 
-def _train_tool():
-    import importlib.util
-
-    from helpers import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location(
-        "lazyconfig_train_net", REPO_ROOT / "tools" / "lazyconfig_train_net.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_tool_derives_the_loader_from_dataloader_test_and_runs_retinanet():
-    """The train tool's loader for the hook (quick config): annotated batches of the test
+    """lazy_train's loader for the hook (quick config): annotated batches of the test
     images at the test size, training batch size; the user's cfg is not modified. Then one
     pass of the real RetinaNet on 2 batches changes no state and keeps num_pos_anchors apart."""
     from helpers import QUICK_CONFIG, REPO_ROOT
 
     from d2lite.config import LazyConfig, instantiate
+    from d2lite.engine import lazy_train as tool
 
-    tool = _train_tool()
     cfg = LazyConfig.load(str(REPO_ROOT / QUICK_CONFIG))
     cfg = LazyConfig.apply_overrides(cfg, ["dataloader.train.total_batch_size=2", "dataloader.test.num_workers=0"])
     loader = tool.build_val_loss_loader(cfg)

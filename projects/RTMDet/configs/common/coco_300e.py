@@ -6,19 +6,12 @@ pipeline (random resize 0.5-2.0 of 640x640, random 640x640 crop padded with 114,
 horizontal flip) approximated by d2lite's ResizeScale + FixedSizeCrop + RandomFlip.
 """
 
-import os
-import sys
-
-_PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _PROJECT_DIR not in sys.path:  # for ``import rtmdet``
-    sys.path.insert(0, _PROJECT_DIR)
-
-from d2lite.config import LazyCall as L  # noqa: E402
-from d2lite.data import transforms as T  # noqa: E402
-from d2lite.model_zoo import get_config  # noqa: E402
-from d2lite.solver import WarmupParamScheduler  # noqa: E402
-from d2lite.solver.lr_scheduler import FlatCosineParamScheduler  # noqa: E402
-from rtmdet import ExpMomentum  # noqa: E402
+from d2lite.config import LazyCall as L
+from d2lite.data import transforms as T
+from d2lite.model_zoo import get_config
+from d2lite.solver import WarmupParamScheduler
+from d2lite.solver.lr_scheduler import FlatCosineParamScheduler
+from rtmdet import ExpMomentum
 
 dataloader = get_config("common/data/coco.py").dataloader
 dataloader.train.mapper.augmentations = [

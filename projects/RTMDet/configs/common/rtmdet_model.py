@@ -1,19 +1,12 @@
 """RTMDet-l model (mmdetection's rtmdet_l_8xb32-300e_coco.py); leaf configs change sizes.
 
-Importing this file puts ``projects/RTMDet`` on ``sys.path`` so ``rtmdet`` is importable
-(configs saved to YAML need the same when loaded elsewhere).
+Needs the ``rtmdet`` package installed (``pip install -e projects/RTMDet``; the
+Makefile does it), also to load a config.yaml saved by a run.
 """
 
-import os
-import sys
-
-_PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _PROJECT_DIR not in sys.path:
-    sys.path.insert(0, _PROJECT_DIR)
-
-from d2lite.config import LazyCall as L  # noqa: E402
-from d2lite.layers import ShapeSpec  # noqa: E402
-from rtmdet import (  # noqa: E402
+from d2lite.config import LazyCall as L
+from d2lite.layers import ShapeSpec
+from rtmdet import (
     CSPNeXt,
     CSPNeXtPAFPN,
     DynamicSoftLabelAssigner,
