@@ -80,6 +80,7 @@ __all__ = [
     "build_model",
     "build_ema",
     "build_val_loss_loader",
+    "build_train_loader",
     "class_names",
     "do_test",
     "build_config_hooks",
@@ -246,16 +247,19 @@ def _visualize_batches(
         yield batch
 
 
-def build_train_loader(cfg: DictConfig) -> Iterable:
-    """``cfg.dataloader.train``, wrapped to put training images into TensorBoard every
-    ``cfg.train.vis_period`` iterations (when the loader has a mapper)."""
-    loader = instantiate(cfg.dataloader.train)
-    if "mapper" in cfg.dataloader.train:
+def build_train_loader(cfg: DictConfig, loader_cfg: Optional[DictConfig] = None) -> Iterable:
+    """``loader_cfg`` (default ``cfg.dataloader.train``), wrapped to put training images
+    into TensorBoard every ``cfg.train.vis_period`` iterations (when the loader has a
+    mapper). A hook that replaces the training loader mid-run (``trainer.reset_data_loader``)
+    passes its own loader config, e.g. another section of ``cfg.dataloader``."""
+    loader_cfg = cfg.dataloader.train if loader_cfg is None else loader_cfg
+    loader = instantiate(loader_cfg)
+    if "mapper" in loader_cfg:
         loader = _visualize_batches(
             loader,
             period=cfg.train.get("vis_period", 0),
-            input_format=cfg.dataloader.train.mapper.get("image_format", "BGR"),
-            names=class_names(cfg.dataloader.train),
+            input_format=loader_cfg.mapper.get("image_format", "BGR"),
+            names=class_names(loader_cfg),
         )
     return loader
 

@@ -60,15 +60,18 @@ def test_dump_config_unknown_key_is_an_error(capsys):
 
 def test_analyze_model_defaults_to_the_test_input_size_without_warnings():
     """A fresh process (the warnings of fvcore's import only show there): nothing on stderr,
-    and the input is shapes_val's median image after ResizeShortestEdge(192, max_size=384)."""
+    and the input is shapes_val's median image after the config's ResizeShortestEdge."""
     from helpers import run_tool
+
+    from d2lite.data.transforms import ResizeShortestEdge
 
     proc = run_tool("analyze_model.py", "--config-file", QUICK_CONFIG, "--tasks", "flop", timeout=300)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     dicts = DatasetCatalog.get("shapes_val")
     h, w = int(np.median([d["height"] for d in dicts])), int(np.median([d["width"] for d in dicts]))
-    scale = 192 / min(h, w)
-    expected = f"{int(h * scale + 0.5)}x{int(w * scale + 0.5)}"
+    (resize,) = LazyConfig.load(CONFIG).dataloader.test.mapper.augmentations
+    short = resize.short_edge_length  # a single size at test time
+    expected = "{}x{}".format(*ResizeShortestEdge.get_output_shape(h, w, short, resize.max_size))
     assert (
         f"Input size {expected}: the median test image, {h}x{w}, after the config's test augmentations" in proc.stdout
     )
@@ -146,6 +149,12 @@ def test_visualize_data_writes_augmented_images(tmp_path):
         == 0
     )
     assert len(list((tmp_path / "raw").glob("*.png"))) == 2
+
+
+def test_visualize_data_unknown_loader_is_a_clear_error(tmp_path, capsys):
+    code = visualize_data.main(["--config-file", CONFIG, "--loader", "train_stage9", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "dataloader.train_stage9" in err and "'train'" in err
 
 
 def test_benchmark_reports_each_task(capsys):
