@@ -9,7 +9,7 @@ Examples::
     python tools/visualize_data.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py \\
         --source annotation --output-dir vis_raw/ --num-images 16
     # another training loader of the config, e.g. RTMDet's stage-2 pipeline
-    python tools/visualize_data.py --config-file projects/RTMDet/configs/rtmdet_tiny_shapes.py \\
+    python tools/visualize_data.py --config-file projects/RTMDet/configs/rtmdet_tiny_shapes_recipe.py \\
         --loader train_stage2 --output-dir vis2/ --num-images 16
 """
 

@@ -102,7 +102,8 @@ Run on multiple machines:
     parser.add_argument(
         "--eval-only",
         action="store_true",
-        help="perform evaluation only (of train.init_checkpoint; written to train.output_dir/eval/<checkpoint name>)",
+        help="perform evaluation only, of train.init_checkpoint (into train.output_dir/eval/<checkpoint name> "
+        "when train.output_dir holds a training run)",
     )
     parser.add_argument(
         "--overwrite",

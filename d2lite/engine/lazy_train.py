@@ -445,9 +445,10 @@ def prepare_output_dir(
     """Check and claim ``cfg.train.output_dir`` before a run writes anything into it.
 
     * ``eval_only``: ``train.init_checkpoint`` must be set (and exist, for a local path);
-      ``cfg.train.output_dir`` becomes ``{train.output_dir}/eval/{checkpoint name}``
-      (:func:`~d2lite.engine.output_dir.eval_output_dir`), replacing an earlier
-      evaluation of the same checkpoint, so the training run's records stay untouched.
+      if ``train.output_dir`` holds a training run, ``cfg.train.output_dir`` becomes
+      ``{train.output_dir}/eval/{checkpoint name}``
+      (:func:`~d2lite.engine.output_dir.eval_output_dir`), so the training run's records
+      stay untouched; an earlier evaluation in the directory is replaced.
     * The directory must be creatable and writable.
     * On the main process (``main_process``): the directory is locked
       (:class:`~d2lite.engine.output_dir.OutputDirLock`, reported if stale); a fresh

@@ -16,7 +16,7 @@ checkpoints). This module keeps it consistent:
 * :func:`remove_temporary_files`: the ``.NAME.XXXXXXXX.tmp`` files of an atomic save
   that was killed (SIGKILL, power loss) before it could clean up.
 * :func:`eval_output_dir`: where ``--eval-only`` writes, so that an evaluation never
-  replaces the training run's ``config.yaml``/``manifest.json``.
+  replaces a training run's ``config.yaml``/``manifest.json``.
 """
 
 from __future__ import annotations
@@ -117,8 +117,12 @@ def remove_temporary_files(output_dir: str) -> List[str]:
 
 
 def eval_output_dir(output_dir: str, checkpoint: str) -> str:
-    """``{output_dir}/eval/{checkpoint file name without extension}``: where an
-    evaluation-only run of ``checkpoint`` writes its config, manifest, log and results."""
+    """Where an evaluation-only run of ``checkpoint`` writes its config, manifest, log and
+    results: ``output_dir`` itself when it holds no training run (no checkpoints,
+    ``last_checkpoint``, metrics or events), else ``{output_dir}/eval/{checkpoint file
+    name without extension}``, so that the training run's records stay untouched."""
+    if not previous_run_files(output_dir):
+        return output_dir
     path = checkpoint.split("?", 1)[0] if not os.path.isfile(checkpoint) else checkpoint  # load options
     name = os.path.splitext(os.path.basename(path.rstrip("/")))[0] or "checkpoint"
     return os.path.join(output_dir, "eval", name)

@@ -97,12 +97,16 @@ def test_previous_run_files_clear_and_temporary_files(tmp_path):
     assert previous_run_files(str(tmp_path / "missing")) == []
 
 
-def test_eval_output_dir():
-    assert eval_output_dir("output/run", "output/run/model_final.pth") == os.path.join(
-        "output/run", "eval", "model_final"
-    )
-    assert eval_output_dir("o", "detectron2://R-50.pkl") == os.path.join("o", "eval", "R-50")
-    assert eval_output_dir("o", "w/model.pth?matching_heuristics=True") == os.path.join("o", "eval", "model")
+def test_eval_output_dir(tmp_path):
+    run = tmp_path / "run"
+    assert eval_output_dir(str(run), str(run / "model_final.pth")) == str(run)  # no training run there: itself
+    _touch(run / "config.yaml")
+    _touch(run / "inference" / "coco_instances_results.json")  # an earlier evaluation: still itself
+    assert eval_output_dir(str(run), str(run / "model_final.pth")) == str(run)
+    _touch(run / "model_final.pth")  # a training run: a subdirectory named after the checkpoint
+    assert eval_output_dir(str(run), str(run / "model_final.pth")) == str(run / "eval" / "model_final")
+    assert eval_output_dir(str(run), "detectron2://R-50.pkl") == str(run / "eval" / "R-50")
+    assert eval_output_dir(str(run), "w/model.pth?matching_heuristics=True") == str(run / "eval" / "model")
 
 
 def _cfg(output_dir, init=""):
@@ -160,6 +164,19 @@ def test_prepare_eval_only_uses_its_own_subdirectory_and_removes_temp_files(tmp_
     with prepare_output_dir(_cfg(run), resume=True):  # the training run's own start cleans it up
         assert not (run / ".model_0000005.pth.abcdefgh.tmp").exists()
     assert (run / "config.yaml").read_text() == "config.yaml"
+
+
+def test_prepare_eval_only_into_another_directory_writes_there_and_replaces_an_earlier_evaluation(tmp_path, caplog):
+    _touch(tmp_path / "run" / "model_final.pth")
+    cfg = _cfg(tmp_path / "evaluation", tmp_path / "run" / "model_final.pth")
+    with prepare_output_dir(cfg, eval_only=True):
+        assert cfg.train.output_dir == str(tmp_path / "evaluation")
+    _touch(tmp_path / "evaluation" / "config.yaml")
+    _touch(tmp_path / "evaluation" / "inference" / "coco_instances_results.json")
+    _touch(tmp_path / "evaluation" / "notes.txt")
+    with caplog.at_level("WARNING"), prepare_output_dir(cfg, eval_only=True):
+        assert sorted(os.listdir(tmp_path / "evaluation")) == ["notes.txt", LOCK_FILE]
+    assert "Replacing the previous evaluation" in caplog.text
 
 
 def test_prepare_on_other_processes_takes_no_lock(tmp_path):

@@ -245,17 +245,22 @@ def test_readme_commands_and_tool_help_examples_run_as_written(clone, capsys, mo
         assert found, f"tools/{tool} --help shows no example"
         examples += found
     assert "make demo" in readme and "make test" in readme
-    # `make demo` is the demo training command; run first, as in the README's Quick start.
+    assert DEMO_TRAIN in examples
+    # `make demo` first, as in the README's Quick start: its recipe (make -n demo), with the
+    # activated python; its training command is the --help example that trains the demo.
+    demo = [DEMO_TRAIN]
     if shutil.which("make"):
         recipe = subprocess.run(["make", "-n", "demo"], cwd=root, capture_output=True, text=True).stdout
-        demo = [line for line in recipe.splitlines() if "tools/lazyconfig_train_net.py" in line]
-        assert len(demo) == 1, recipe
-        as_activated = re.sub(r"^(\w+=\S+ )*\.venv/bin/python ", "python ", demo[0].strip())
-        assert as_activated == DEMO_TRAIN, recipe
-    assert DEMO_TRAIN in examples
+        steps = [c for c in _join_lines(recipe.splitlines()) if "tools/" in c]
+        steps = [re.sub(r"^((\w+=\S+ )*)\.venv/bin/python ", r"\1python ", c) for c in steps]
+        assert steps and re.sub(r"^(\w+=\S+ )*", "", steps[0]) in (
+            DEMO_TRAIN,
+            f"{DEMO_TRAIN} train.output_dir=output/retinanet_R_18_FPN_shapes",  # the config's own
+        ), recipe
+        demo += steps[1:]
 
-    commands, seen = [DEMO_TRAIN], {DEMO_TRAIN}
-    for command in readme + examples:
+    commands, seen = [], set()
+    for command in demo + readme + examples:
         if command not in seen and not _not_run(command):
             commands.append(command)
             seen.add(command)
