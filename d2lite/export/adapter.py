@@ -112,6 +112,8 @@ class DetectorExportAdapter(nn.Module):
         self.size_divisibility = int(constraints.get("size_divisibility", model.backbone.size_divisibility))
         self.square_size = int(constraints.get("square_size", 0))
         self.num_levels = len(model.head_in_features)
+        shapes = model.backbone.output_shape()
+        self.max_stride = max(int(shapes[f].stride or 1) for f in model.head_in_features)
         self.input_format = model.input_format
         # build_export_adapter narrows this to default_size_range() once the subclass is built.
         self.min_size, self.max_size = DEFAULT_SIZE_RANGE
@@ -120,13 +122,14 @@ class DetectorExportAdapter(nn.Module):
         """(min, max) image height and width accepted unless :meth:`set_size_range` changes it.
 
         Max: 2048, or the fixed padded size (:meth:`largest_size`) when smaller. Min: 32,
-        and above ``size_divisibility`` when the padded size follows the image, because
-        torch.export specialises a feature map of one row or column (the coarsest level of
-        a 32-pixel image): RetinaNet R50-FPN (P7, divisibility 128) takes 129 to 2048 pixels.
+        and above the largest feature stride when the padded size follows the image, because
+        torch.export cannot keep a size that makes the coarsest feature map one row or column
+        dynamic: the shapes-demo RetinaNet (P3-P5) takes 33 to 2048 pixels, RetinaNet
+        R50-FPN (P3-P7, stride 128) 129 to 2048.
         """
         low, high = DEFAULT_SIZE_RANGE
         if self.square_size == 0:
-            low = max(low, self.size_divisibility + 1)
+            low = max(low, self.max_stride + 1)
         return low, min(high, self.largest_size())
 
     def largest_size(self) -> int:

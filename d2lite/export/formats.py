@@ -20,6 +20,7 @@ it; ONNX has it built in (``NonMaxSuppression``).
 
 import importlib
 import os
+import warnings
 from typing import Any, Dict, Tuple
 
 import torch
@@ -110,14 +111,19 @@ def _export_program(adapter: DetectorExportAdapter, path: str) -> None:
 def _export_torchscript(adapter: DetectorExportAdapter, path: str) -> None:
     image, _ = example_inputs(adapter)
     network = adapter.network
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # The modules' shape checks (empty input, GroupNorm group size) are Python branches that
+        # trace as constants; they hold for every image in the size range.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # TorchScript is deprecated in favour of torch.export, but is what the .ts format is.
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
         traced = torch.jit.trace(network, (adapter.preprocess(image),), strict=False, check_trace=False)
-    adapter.network = traced
-    try:
-        scripted = torch.jit.script(adapter)
-    finally:
-        adapter.network = network
-    torch.jit.save(scripted, path)
+        adapter.network = traced
+        try:
+            scripted = torch.jit.script(adapter)
+        finally:
+            adapter.network = network
+        torch.jit.save(scripted, path)
 
 
 def _export_onnx(adapter: DetectorExportAdapter, path: str) -> None:

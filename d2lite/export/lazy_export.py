@@ -3,7 +3,7 @@
 
 * :func:`load_trained_model`: the config's model on the CPU with the weights of
   ``train.init_checkpoint`` (its EMA weights when it has them, as ``--eval-only``);
-* :func:`test_samples`: the first images of ``dataloader.test``, as the model gets them;
+* :func:`sample_images`: the first images of ``dataloader.test``, as the model gets them;
 * :func:`export_model`: adapter, file, ``export.json`` and the check against the eager model.
 """
 
@@ -26,7 +26,7 @@ from .adapter import DetectorExportAdapter, build_export_adapter
 from .check import CheckReport, Sample, check_export
 from .formats import FILE_NAMES, ONNX_OPSET, describe_inputs, export_adapter
 
-__all__ = ["load_trained_model", "test_samples", "export_model", "ExportResult", "METADATA_FILE"]
+__all__ = ["load_trained_model", "sample_images", "export_model", "ExportResult", "METADATA_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def load_trained_model(cfg: DictConfig) -> Tuple[nn.Module, str]:
     return model.eval(), weights
 
 
-def test_samples(cfg: DictConfig, num_images: int) -> List[Sample]:
+def sample_images(cfg: DictConfig, num_images: int) -> List[Sample]:
     """The first ``num_images`` images of ``cfg.dataloader.test`` (resized by its mapper),
     with their original sizes and file names."""
     if "test" not in cfg.dataloader:
@@ -185,7 +185,7 @@ def export_model(
         raise ConfigError(str(e)) from e
     samples: List[Sample] = []
     if check:
-        samples = test_samples(cfg, num_check_images)
+        samples = sample_images(cfg, num_check_images)
         for s in samples:
             h, w = s.image.shape[1], s.image.shape[2]
             if not (adapter.min_size <= min(h, w) and max(h, w) <= adapter.max_size):

@@ -14,6 +14,7 @@ import argparse
 import importlib.abc
 import os
 import sys
+import warnings
 from typing import Callable, List, Sequence, Tuple
 
 import torch
@@ -40,7 +41,9 @@ def load_detector(path: str) -> Detector:
         if suffix == ".pt2":
             module = torch.export.load(path).module()
         else:
-            module = torch.jit.load(path, map_location="cpu")
+            with warnings.catch_warnings():  # TorchScript is deprecated, but .ts files are TorchScript
+                warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", FutureWarning)
+                module = torch.jit.load(path, map_location="cpu")
 
         def run_torch(image: Tensor, original_size: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
             with torch.no_grad():

@@ -37,10 +37,14 @@ from d2lite.utils.logger import setup_logger
 PROG = "export_model.py"
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # "prog: error: message", without the usage lines
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _OneLineErrors(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE", help="LazyConfig file (.py or .yaml)")
     parser.add_argument("--format", required=True, choices=FORMATS, help="export format")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the model file and export.json")
