@@ -105,7 +105,10 @@ def _export_program(adapter: DetectorExportAdapter, path: str) -> None:
             dynamic_shapes=_dynamic_shapes(adapter),
             prefer_deferred_runtime_asserts_over_guards=True,
         )
-    torch.export.save(program, path)
+    with warnings.catch_warnings():
+        # Weights sharing storage (views) are saved whole; the warning is about non-CPU weights.
+        warnings.filterwarnings("ignore", "No complete tensor found in the group", UserWarning)
+        torch.export.save(program, path)
 
 
 def _export_torchscript(adapter: DetectorExportAdapter, path: str) -> None:

@@ -5,6 +5,7 @@ one without detections; bad input gives one clear line."""
 import contextlib
 import io
 import json
+import subprocess
 import sys
 
 import pytest
@@ -18,6 +19,7 @@ from helpers import (
 )
 
 from d2lite.engine.lazy_train import load_config
+from d2lite.export.check import eager_detections
 from d2lite.export.lazy_export import load_trained_model, sample_images
 
 sys.path.insert(0, str(REPO_ROOT / "tools" / "deploy"))
@@ -121,3 +123,31 @@ def test_exports_equal_eager_model_on_several_sizes_and_an_image_without_detecti
     expected = assert_exports_match_eager(model, [out / "model.pt2", out / "model.ts", out / "model.onnx"], samples)
     counts = [len(scores) for _, scores, _ in expected]
     assert counts[empty] == 0 and all(n > 0 for i, n in enumerate(counts) if i != empty), counts
+
+
+@pytest.mark.slow
+def test_readme_deploy_example_runs_without_d2lite_and_prints_the_eager_detections(retinanet_export, datasets_root):
+    out, _, model, _, _ = retinanet_export
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Deploy", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) <= 14
+    image_file = datasets_root / "shapes" / "val" / "000000.jpg"
+    code = code.replace("export/retinanet", str(out)).replace("datasets/shapes/val/000000.jpg", str(image_file))
+    prelude = (
+        f"import sys; sys.path.insert(0, {str(REPO_ROOT / 'd2lite' / 'export')!r}); import runtime; "
+        "runtime.forbid_imports(['d2lite', 'rtmdet']); sys.path.pop(0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-I", "-c", prelude + code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    cfg = load_config(CONFIG, ["dataloader.test.num_workers=0"])
+    sample = sample_images(cfg, 1)[0]
+    assert sample.name == str(image_file)
+    boxes, scores, classes = eager_detections(model, sample)
+    names = ["circle", "square", "triangle"]
+    expected = [
+        f"{names[c]} {s:.3f} {[round(v, 1) for v in b]}"
+        for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist())
+    ]
+    assert len(expected) > 0 and proc.stdout.splitlines() == expected
