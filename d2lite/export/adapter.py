@@ -42,7 +42,7 @@ Everything the decode needs must be tensors (buffers) or plain ints, floats, boo
 and lists of them, copied in ``__init__``; ``decode`` must be TorchScript-compatible
 (type hints, no Python objects, no ``.item()`` or branches on tensor values). Override
 :meth:`~DetectorExportAdapter.preprocess` for another normalisation or padding, and
-:meth:`~DetectorExportAdapter.largest_size` / :meth:`~DetectorExportAdapter.default_size_range`
+:meth:`~DetectorExportAdapter.smallest_size` / :meth:`~DetectorExportAdapter.largest_size`
 when the model limits the image size. Import the module that registers the adapter from the
 package's ``__init__`` (projects/RTMDet does ``from . import export``), so that building the
 model from a config also makes it exportable. :func:`build_export_adapter` looks the
@@ -119,32 +119,38 @@ class DetectorExportAdapter(nn.Module):
         self.min_size, self.max_size = DEFAULT_SIZE_RANGE
 
     def default_size_range(self) -> Tuple[int, int]:
-        """(min, max) image height and width accepted unless :meth:`set_size_range` changes it.
-
-        Max: 2048, or the fixed padded size (:meth:`largest_size`) when smaller. Min: 32,
-        and above the largest feature stride when the padded size follows the image, because
-        torch.export cannot keep a size that makes the coarsest feature map one row or column
-        dynamic: the shapes-demo RetinaNet (P3-P5) takes 33 to 2048 pixels, RetinaNet
-        R50-FPN (P3-P7, stride 128) 129 to 2048.
-        """
+        """(min, max) image height and width accepted unless :meth:`set_size_range` changes
+        it: from max(32, :meth:`smallest_size`) to min(2048, :meth:`largest_size`), e.g. 33 to
+        2048 pixels for the shapes-demo RetinaNet (P3-P5), 129 to 2048 for RetinaNet R50-FPN
+        (P3-P7, stride 128)."""
         low, high = DEFAULT_SIZE_RANGE
-        if self.square_size == 0:
-            low = max(low, self.max_stride + 1)
-        return low, min(high, self.largest_size())
+        return max(low, self.smallest_size()), min(high, self.largest_size())
+
+    def smallest_size(self) -> int:
+        """The smallest image height and width an export can take: one pixel more than the
+        largest feature stride when the padded size follows the image (torch.export cannot
+        keep a size dynamic that makes the coarsest feature map a single row or column),
+        else 2."""
+        return self.max_stride + 1 if self.square_size == 0 else 2
 
     def largest_size(self) -> int:
-        """The largest image height and width the model can take (a fixed padded size
-        bounds it); the default upper end of the size range is the smaller of this and 2048."""
+        """The largest image height and width the model can take: its fixed padded size if
+        it has one, else unbounded (2**30)."""
         return self.square_size if self.square_size > 0 else 1 << 30
 
     def set_size_range(self, min_size: int, max_size: int) -> None:
         """Accept images whose height and width lie in [min_size, max_size] pixels.
 
         Raises:
-            ValueError: the range is empty, below 1 or above :meth:`largest_size`.
+            ValueError: the range is empty or outside [:meth:`smallest_size`, :meth:`largest_size`].
         """
-        if not 1 <= min_size <= max_size:
-            raise ValueError(f"image size range [{min_size}, {max_size}] is empty or below 1 pixel")
+        if min_size > max_size:
+            raise ValueError(f"image size range [{min_size}, {max_size}] is empty")
+        if min_size < self.smallest_size():
+            raise ValueError(
+                f"min image size {min_size} is below {self.smallest_size()}, the smallest input of "
+                f"{type(self).__name__} for this model (see DetectorExportAdapter.smallest_size)"
+            )
         if max_size > self.largest_size():
             raise ValueError(
                 f"max image size {max_size} exceeds {self.largest_size()}, the largest input of "

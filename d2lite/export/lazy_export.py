@@ -162,11 +162,13 @@ def export_model(
     config_file: str = "",
     check: bool = True,
     num_check_images: int = 4,
-    size_range: Optional[Tuple[int, int]] = None,
+    size_range: Optional[Tuple[Optional[int], Optional[int]]] = None,
 ) -> ExportResult:
     """Export the trained model of ``cfg`` as ``fmt`` to ``output_dir`` (file name from
     :data:`~d2lite.export.formats.FILE_NAMES`), write/update ``output_dir/export.json`` and,
     with ``check``, compare the export with the eager model on ``num_check_images`` test images.
+    ``size_range`` (min, max) changes the image sizes the export takes; None (or a None end)
+    keeps the adapter's default.
 
     Raises:
         ConfigError: bad checkpoint, size range, or test images outside the size range.
@@ -180,7 +182,11 @@ def export_model(
     try:
         adapter = build_export_adapter(model)
         if size_range is not None:
-            adapter.set_size_range(*size_range)
+            low, high = adapter.default_size_range()
+            adapter.set_size_range(
+                size_range[0] if size_range[0] is not None else low,
+                size_range[1] if size_range[1] is not None else high,
+            )
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from e
     samples: List[Sample] = []

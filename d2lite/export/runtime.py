@@ -29,7 +29,8 @@ def load_detector(path: str) -> Detector:
     """``detector(image, original_size) -> (boxes, scores, classes)`` from an exported file.
 
     ``.pt2``: ``torch.export.load``; ``.ts``: ``torch.jit.load`` (both on the CPU, torchvision
-    imported for its NMS operator); ``.onnx``: an onnxruntime CPU session. ``image`` is a
+    imported for its NMS operator); ``.onnx``: an onnxruntime CPU session with torch's number
+    of threads. ``image`` is a
     (C, H, W) uint8 tensor, ``original_size`` a (2,) int64 tensor (height, width).
     """
     suffix = os.path.splitext(path)[1]
@@ -54,7 +55,9 @@ def load_detector(path: str) -> Detector:
     if suffix == ".onnx":
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # as many threads as torch uses
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
         def run_onnx(image: Tensor, original_size: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
             feeds = {"image": image.numpy(), "original_size": original_size.numpy()}

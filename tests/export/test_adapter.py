@@ -111,6 +111,10 @@ def test_set_size_range_checks():
         adapter.set_size_range(64, 640)
     with pytest.raises(ValueError, match="empty"):
         adapter.set_size_range(300, 200)
+    adapter.set_size_range(2, 64)  # a fixed padded size takes any small image
+    dynamic = build_export_adapter(quick_model())
+    with pytest.raises(ValueError, match="min image size 32 is below 33"):
+        dynamic.set_size_range(32, 640)
 
 
 def test_registry_finds_adapter_by_class_hierarchy_and_names_unknown_types():

@@ -50,8 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the model file and export.json")
     parser.add_argument("--no-check", action="store_true", help="skip the comparison with the eager model")
     parser.add_argument("--check-images", type=int, default=4, metavar="N", help="test images to check (default 4)")
-    parser.add_argument("--min-size", type=int, default=None, help="smallest image height/width the export takes")
-    parser.add_argument("--max-size", type=int, default=None, help="largest image height/width the export takes")
+    parser.add_argument(
+        "--min-size",
+        type=int,
+        default=None,
+        help="smallest image height/width the export takes (default: see export.json)",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=None,
+        help="largest image height/width the export takes (default 2048, or a fixed padded size)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value config overrides")
     return parser
 
@@ -65,11 +75,6 @@ def main(argv=None) -> int:
         if args.format == "onnx":
             require_export_extra()
         cfg = load_config(args.config_file, args.opts)
-        size_range = None
-        if args.min_size is not None or args.max_size is not None:
-            from d2lite.export.adapter import DEFAULT_SIZE_RANGE
-
-            size_range = (args.min_size or DEFAULT_SIZE_RANGE[0], args.max_size or DEFAULT_SIZE_RANGE[1])
         result = export_model(
             cfg,
             args.format,
@@ -77,7 +82,7 @@ def main(argv=None) -> int:
             config_file=args.config_file,
             check=not args.no_check,
             num_check_images=args.check_images,
-            size_range=size_range,
+            size_range=(args.min_size, args.max_size),
         )
     except (ConfigError, MissingExtraError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

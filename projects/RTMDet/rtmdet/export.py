@@ -55,10 +55,10 @@ class RTMDetExportAdapter(DetectorExportAdapter):
             return largest // d * d if d > 1 else largest
         return super().largest_size()
 
-    def default_size_range(self) -> Tuple[int, int]:
+    def smallest_size(self) -> int:
         if self.fixed_height > 0:  # the network input has one size: no small-map limit
-            return 32, self.largest_size()
-        return super().default_size_range()
+            return 2
+        return super().smallest_size()
 
     def preprocess(self, image: Tensor) -> Tensor:
         height, width = image.shape[1], image.shape[2]
