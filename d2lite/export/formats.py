@@ -18,10 +18,12 @@ torchvision's operator: ``import torchvision`` before loading a .pt2 or .ts file
 it; ONNX has it built in (``NonMaxSuppression``).
 """
 
+import contextlib
 import importlib
+import logging
 import os
 import warnings
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Iterator, Tuple
 
 import torch
 from torch import Tensor
@@ -129,9 +131,21 @@ def _export_torchscript(adapter: DetectorExportAdapter, path: str) -> None:
         torch.jit.save(scripted, path)
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str, level: int) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
 def _export_onnx(adapter: DetectorExportAdapter, path: str) -> None:
     require_export_extra()
-    with torch.no_grad(), nms_shape_fix():
+    # onnx_ir warns for every attribute given as an empty list (it means INTS, which is right).
+    with torch.no_grad(), nms_shape_fix(), _quiet_logger("onnx_ir", logging.ERROR):
         program = torch.onnx.export(
             adapter,
             example_inputs(adapter),
