@@ -3,12 +3,14 @@
 =================== ====== ===================================================================
 format              file   how
 =================== ====== ===================================================================
-exported_program    .pt2   ``torch.export.export`` with dynamic height and width, saved with
-                           ``torch.export.save``; load with ``torch.export.load(f).module()``.
+exported_program    .pt2   ``torch.export.export`` with dynamic height and width
+                           (:func:`capture_program`), saved with ``torch.export.save``;
+                           load with ``torch.export.load(f).module()``.
 torchscript         .ts    backbone and head traced (``torch.jit.trace``), the rest scripted
                            (``torch.jit.script``), so the data-dependent steps (thresholds,
                            top-k, NMS) stay code; load with ``torch.jit.load``.
-onnx                .onnx  ``torch.onnx.export(..., dynamo=True)``, opset :data:`ONNX_OPSET`;
+onnx                .onnx  ``torch.onnx.export(..., dynamo=True)`` of the same
+                           :func:`capture_program` graph, opset :data:`ONNX_OPSET`;
                            needs the ``export`` extra (onnx, onnxscript; onnxruntime runs it).
 =================== ====== ===================================================================
 
@@ -40,6 +42,7 @@ __all__ = [
     "require_export_extra",
     "example_inputs",
     "export_adapter",
+    "capture_program",
     "describe_inputs",
     "INPUT_NAMES",
     "OUTPUT_NAMES",
@@ -99,14 +102,23 @@ def _dynamic_shapes(adapter: DetectorExportAdapter) -> Tuple[Dict[int, Any], Non
     return ({1: height, 2: width}, None)
 
 
-def _export_program(adapter: DetectorExportAdapter, path: str) -> None:
+def capture_program(adapter: DetectorExportAdapter) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``adapter`` with dynamic height and width in its size range.
+
+    Shape conditions that torch cannot prove from the range (e.g. that ``1 % (512 * k) != 0``
+    on channels-last BatchNorm) become run-time checks instead of errors; they always hold.
+    """
     with torch.no_grad(), nms_shape_fix():
-        program = torch.export.export(
+        return torch.export.export(
             adapter,
             example_inputs(adapter),
             dynamic_shapes=_dynamic_shapes(adapter),
             prefer_deferred_runtime_asserts_over_guards=True,
         )
+
+
+def _export_program(adapter: DetectorExportAdapter, path: str) -> None:
+    program = capture_program(adapter)
     with warnings.catch_warnings():
         # Weights sharing storage (views) are saved whole; the warning is about non-CPU weights.
         warnings.filterwarnings("ignore", "No complete tensor found in the group", UserWarning)
@@ -144,19 +156,19 @@ def _quiet_logger(name: str, level: int) -> Iterator[None]:
 
 def _export_onnx(adapter: DetectorExportAdapter, path: str) -> None:
     require_export_extra()
+    program = capture_program(adapter)  # the graph of the .pt2 export
     # onnx_ir warns for every attribute given as an empty list (it means INTS, which is right).
     with torch.no_grad(), nms_shape_fix(), _quiet_logger("onnx_ir", logging.ERROR):
-        program = torch.onnx.export(
-            adapter,
+        onnx_program = torch.onnx.export(
+            program,
             example_inputs(adapter),
             dynamo=True,
-            dynamic_shapes=_dynamic_shapes(adapter),
             input_names=INPUT_NAMES,
             output_names=OUTPUT_NAMES,
             opset_version=ONNX_OPSET,
             verbose=False,
         )
-    program.save(path)
+    onnx_program.save(path)
 
 
 def export_adapter(adapter: DetectorExportAdapter, fmt: str, output_dir: str) -> str:

@@ -106,10 +106,9 @@ class ExportResult:
 
 def _augmentations(cfg: DictConfig) -> List[Dict[str, Any]]:
     """The test mapper's augmentations as plain dicts (``{"type": "d2lite...ResizeShortestEdge", ...}``)."""
-    try:
-        augs = cfg.dataloader.test.mapper.get("augmentations", [])
-    except Exception:  # no test loader / mapper: nothing to record
+    if "test" not in cfg.dataloader or "mapper" not in cfg.dataloader.test:
         return []
+    augs = cfg.dataloader.test.mapper.get("augmentations", [])
     out = []
     for a in augs or []:
         node = OmegaConf.to_container(a, resolve=True) if isinstance(a, DictConfig) else dict(a)
