@@ -44,6 +44,7 @@ import torch
 from omegaconf import DictConfig
 
 from d2lite.checkpoint import DetectionCheckpointer
+from d2lite.checkpoint.detection_checkpoint import split_load_options
 from d2lite.config import LazyCall as L
 from d2lite.config import LazyConfig, instantiate
 from d2lite.data import MetadataCatalog, get_detection_dataset_dicts
@@ -67,6 +68,7 @@ __all__ = [
     "build_model",
     "build_ema",
     "build_val_loss_loader",
+    "build_train_loader",
     "class_names",
     "do_test",
     "build_config_hooks",
@@ -87,8 +89,9 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> DictConfig:
 
     Raises:
         ConfigError: the file is missing or broken, an override names no key or has the
-            wrong type, the config lacks ``model``/``train``, or it asks for CUDA on a
-            machine without it. The message names the file, key or value.
+            wrong type, the config lacks ``model``/``train``, it asks for CUDA on a
+            machine without it, or ``train.init_checkpoint`` has an unknown query option.
+            The message names the file, key or value.
     """
     if not config_file:
         raise ConfigError("--config-file is required")
@@ -110,6 +113,10 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> DictConfig:
             f"train.device={device} but CUDA is not available on this machine; "
             "add `train.device=cpu` to the command line to run on the CPU"
         )
+    try:  # query options such as "model.pth?matching_heuristics=True" (checked before any work)
+        split_load_options(str(cfg.train.get("init_checkpoint", "") or ""))
+    except ValueError as e:
+        raise ConfigError(f"train.init_checkpoint: {e}") from e
     return cfg
 
 
@@ -227,16 +234,19 @@ def _visualize_batches(
         yield batch
 
 
-def build_train_loader(cfg: DictConfig) -> Iterable:
-    """``cfg.dataloader.train``, wrapped to put training images into TensorBoard every
-    ``cfg.train.vis_period`` iterations (when the loader has a mapper)."""
-    loader = instantiate(cfg.dataloader.train)
-    if "mapper" in cfg.dataloader.train:
+def build_train_loader(cfg: DictConfig, loader_cfg: Optional[DictConfig] = None) -> Iterable:
+    """``loader_cfg`` (default ``cfg.dataloader.train``), wrapped to put training images
+    into TensorBoard every ``cfg.train.vis_period`` iterations (when the loader has a
+    mapper). A hook that replaces the training loader mid-run (``trainer.reset_data_loader``)
+    passes its own loader config, e.g. another section of ``cfg.dataloader``."""
+    loader_cfg = cfg.dataloader.train if loader_cfg is None else loader_cfg
+    loader = instantiate(loader_cfg)
+    if "mapper" in loader_cfg:
         loader = _visualize_batches(
             loader,
             period=cfg.train.get("vis_period", 0),
-            input_format=cfg.dataloader.train.mapper.get("image_format", "BGR"),
-            names=class_names(cfg.dataloader.train),
+            input_format=loader_cfg.mapper.get("image_format", "BGR"),
+            names=class_names(loader_cfg),
         )
     return loader
 
@@ -324,7 +334,8 @@ def default_hooks(
 
 def do_train(cfg: DictConfig, resume: bool = False) -> TrainerBase:
     """Train ``cfg``: build the model (and EMA), optimizer, data loader, trainer
-    (AMPTrainer if ``train.amp.enabled``), checkpointer and :func:`default_hooks`; load
+    (AMPTrainer if ``train.amp.enabled``; metrics written by a background thread if
+    ``train.async_write_metrics``), checkpointer and :func:`default_hooks`; load
     ``train.init_checkpoint``, or with ``resume`` the last checkpoint of
     ``train.output_dir`` if there is one; run to ``train.max_iter``. Returns the trainer."""
     model = build_model(cfg)
@@ -336,7 +347,9 @@ def do_train(cfg: DictConfig, resume: bool = False) -> TrainerBase:
     train_loader = build_train_loader(cfg)
 
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
+        model, train_loader, optim, async_write_metrics=cfg.train.get("async_write_metrics", False)
+    )
     checkpointables: Dict[str, Any] = {"trainer": trainer}
     if ema is not None:
         checkpointables["ema"] = ema

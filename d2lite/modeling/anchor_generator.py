@@ -1,15 +1,25 @@
 """Anchor generation for dense detectors (detectron2's DefaultAnchorGenerator)."""
 
+import collections
 import collections.abc
 import math
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from d2lite.config import configurable
+from d2lite.layers import ShapeSpec
 from d2lite.structures import Boxes
+from d2lite.utils.registry import Registry
 
-__all__ = ["DefaultAnchorGenerator", "generate_cell_anchors"]
+__all__ = ["ANCHOR_GENERATOR_REGISTRY", "DefaultAnchorGenerator", "build_anchor_generator", "generate_cell_anchors"]
+
+ANCHOR_GENERATOR_REGISTRY = Registry("ANCHOR_GENERATOR")
+ANCHOR_GENERATOR_REGISTRY.__doc__ = """
+Anchor generators by the name used in ``cfg.MODEL.ANCHOR_GENERATOR.NAME``; each is
+called as ``obj(cfg, input_shape)``.
+"""
 
 
 class BufferList(nn.Module):
@@ -80,6 +90,7 @@ def _create_grid_offsets(
     return shift_x.reshape(-1), shift_y.reshape(-1)
 
 
+@ANCHOR_GENERATOR_REGISTRY.register()
 class DefaultAnchorGenerator(nn.Module):
     """
     Generates anchors on a regular grid of every feature map, as detectron2 does.
@@ -92,6 +103,7 @@ class DefaultAnchorGenerator(nn.Module):
     box_dim: int = 4
     """the dimension of each anchor box (XYXY)."""
 
+    @configurable
     def __init__(
         self,
         *,
@@ -121,6 +133,17 @@ class DefaultAnchorGenerator(nn.Module):
         if not 0.0 <= self.offset < 1.0:
             raise ValueError(f"DefaultAnchorGenerator: offset must be in [0, 1), got {offset}")
 
+    @classmethod
+    def from_config(cls, cfg: Any, input_shape: List[ShapeSpec]) -> Dict[str, Any]:
+        """Arguments from ``cfg.MODEL.ANCHOR_GENERATOR.{SIZES, ASPECT_RATIOS, OFFSET}``; the
+        strides are those of ``input_shape`` (the features the anchors are placed on)."""
+        return {
+            "sizes": cfg.MODEL.ANCHOR_GENERATOR.SIZES,
+            "aspect_ratios": cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS,
+            "strides": [x.stride for x in input_shape],
+            "offset": cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
+        }
+
     @property
     def num_cell_anchors(self) -> List[int]:
         """Alias of :attr:`num_anchors`."""
@@ -131,7 +154,26 @@ class DefaultAnchorGenerator(nn.Module):
         """Number of anchors per spatial location of each level (e.g. [9, 9, 9, 9, 9])."""
         return [len(cell_anchors) for cell_anchors in self.cell_anchors]
 
+    _CACHE_SIZE = 16
+    """Grid anchors of this many distinct (feature-map sizes, device, dtype) are kept."""
+
     def _grid_anchors(self, grid_sizes: List[Sequence[int]]) -> List[Tensor]:
+        """Anchors of every level for these (H, W) grid sizes, cached per sizes (LRU):
+        training repeats a handful of padded input sizes and inference often one."""
+        first = next(iter(self.cell_anchors))
+        key = (tuple((int(h), int(w)) for h, w in grid_sizes), first.device, first.dtype)
+        cache: Dict = self.__dict__.setdefault("_anchor_cache", collections.OrderedDict())
+        anchors = cache.get(key)
+        if anchors is None:
+            anchors = self._compute_grid_anchors(grid_sizes)
+            cache[key] = anchors
+            while len(cache) > self._CACHE_SIZE:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return anchors
+
+    def _compute_grid_anchors(self, grid_sizes: List[Sequence[int]]) -> List[Tensor]:
         anchors = []
         for size, stride, base_anchors in zip(grid_sizes, self.strides, self.cell_anchors):
             shift_x, shift_y = _create_grid_offsets(size, stride, self.offset, base_anchors.device)
@@ -146,7 +188,9 @@ class DefaultAnchorGenerator(nn.Module):
             features: #levels feature maps of shape (N, C, Hi, Wi); only their sizes are used.
 
         Returns:
-            #levels Boxes, each with Hi * Wi * A anchors (XYXY, input-image pixels).
+            #levels Boxes, each with Hi * Wi * A anchors (XYXY, input-image pixels). The
+            tensors are cached per feature-map size and shared between calls: do not
+            modify them in place (clone first).
         """
         if len(features) != self.num_features:
             raise ValueError(
@@ -155,3 +199,9 @@ class DefaultAnchorGenerator(nn.Module):
             )
         grid_sizes = [feature_map.shape[-2:] for feature_map in features]
         return [Boxes(x) for x in self._grid_anchors(grid_sizes)]
+
+
+def build_anchor_generator(cfg: Any, input_shape: List[ShapeSpec]) -> nn.Module:
+    """The anchor generator named by ``cfg.MODEL.ANCHOR_GENERATOR.NAME``, for features of
+    shapes ``input_shape`` (their strides are used)."""
+    return ANCHOR_GENERATOR_REGISTRY.get(cfg.MODEL.ANCHOR_GENERATOR.NAME)(cfg, input_shape)
