@@ -17,7 +17,7 @@ __all__ = ["RetinaNetExportAdapter"]
 class RetinaNetExportAdapter(DetectorExportAdapter):
     """RetinaNet's inference as tensors: anchors of every level, sigmoid scores,
     per level the (anchor, class) pairs scoring > ``test_score_thresh`` and of those the
-    ``test_topk_candidates`` best, box decoding (:class:`Box2BoxTransform`), class-aware NMS
+    ``test_topk_candidates`` best (:meth:`select_candidates`), box decoding (:class:`Box2BoxTransform`), class-aware NMS
     at ``test_nms_thresh`` and the ``max_detections_per_image`` best
     (``RetinaNet.inference_single_image``).
 
@@ -84,6 +84,33 @@ class RetinaNetExportAdapter(DetectorExportAdapter):
         y2 = pred_ctr_y + 0.5 * pred_h
         return torch.stack((x1, y1, x2, y2), dim=-1).reshape(deltas.shape)
 
+    def select_candidates(self, scores: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The (anchor, class) pairs of one level scoring > ``score_thresh``, at most the
+        ``topk_candidates`` best, by decreasing score: (scores, anchor indices, class indices).
+
+        As ``DenseDetector._decode_per_level_predictions``: when more pairs than k pass the
+        threshold it takes the top k of all pairs, else the kept pairs sorted by top-k. Both
+        ways are written out and each gets all pairs or none, so the export takes the eager
+        model's way (and its order among equal scores) without branching on the count.
+        """
+        k = self.topk_candidates
+        num_classes = scores.shape[1]
+        keep = scores > self.score_thresh
+        take_all = keep.sum() > k  # scalar bool tensor
+        flat = scores.flatten()
+        flat = flat[take_all.expand(flat.shape)]  # all pairs, or none
+        top_scores, flat_idxs = flat.topk(min(k, flat.size(0)))
+        kept = keep & torch.logical_not(take_all)  # the kept pairs, or none
+        kept_scores = scores[kept]
+        kept_idxs = torch.nonzero(kept)  # (K', 2): (anchor, class)
+        kept_scores, order = kept_scores.topk(min(k, kept_idxs.size(0)))
+        anchor_idxs, class_idxs = kept_idxs[order].unbind(dim=1)
+        return (
+            torch.cat([top_scores, kept_scores]),
+            torch.cat([torch.div(flat_idxs, num_classes, rounding_mode="floor"), anchor_idxs]),
+            torch.cat([flat_idxs % num_classes, class_idxs]),
+        )
+
     def decode(self, outputs: List[Tensor], height: int, width: int) -> Tuple[Tensor, Tensor, Tensor]:
         boxes_all: List[Tensor] = []
         scores_all: List[Tensor] = []
@@ -96,13 +123,7 @@ class RetinaNetExportAdapter(DetectorExportAdapter):
             scores = logits.view(1, -1, self.num_classes, grid_h, grid_w).permute(0, 3, 4, 1, 2)
             scores = scores.reshape(1, -1, self.num_classes)[0].sigmoid()
             deltas = deltas.view(1, -1, 4, grid_h, grid_w).permute(0, 3, 4, 1, 2).reshape(1, -1, 4)[0]
-            keep = scores > self.score_thresh
-            candidate_scores = scores[keep]
-            topk_idxs = torch.nonzero(keep)  # (K', 2): (anchor, class)
-            num_topk = min(self.topk_candidates, topk_idxs.size(0))
-            candidate_scores, idxs = candidate_scores.topk(num_topk)
-            topk_idxs = topk_idxs[idxs]
-            anchor_idxs, class_idxs = topk_idxs.unbind(dim=1)
+            candidate_scores, anchor_idxs, class_idxs = self.select_candidates(scores)
             anchors = self.anchors(level, grid_h, grid_w)
             boxes_all.append(self.apply_deltas(deltas[anchor_idxs], anchors[anchor_idxs]))
             scores_all.append(candidate_scores)

@@ -42,10 +42,19 @@ def assert_same(expected, actual):
 CASES = [((192, 256), (384, 512)), ((97, 131), (60, 100)), ((384, 192), (768, 384)), ((33, 40), (33, 40))]
 
 
-@pytest.mark.parametrize("threshold", ["0.0", "0.0102", "1.0"])
-def test_retinanet_adapter_equals_eager_model(threshold):
-    # 0.0: ~3000 candidates (torchvision's per-class NMS), 0.0102: a few (coordinate trick), 1.0: none
-    model = quick_model(f"model.test_score_thresh={threshold}")
+@pytest.mark.parametrize(
+    "threshold, topk",
+    [
+        # (random weights: most scores are near 0.01; counts are for a 192x256 image)
+        ("0.0", 1000),  # every pair kept, top 1000 of all per level; ~3000 boxes: per-class NMS
+        ("0.0102", 1000),  # P3, P4: more kept than k, top k of all; P5: the ~470 kept; per-class NMS
+        ("0.014", 1000),  # fewer kept than k on every level (~330 in all): coordinate-trick NMS
+        ("0.014", 20),  # k=20 of ~275 / ~40 kept on P3 / P4, the ~12 kept on P5
+        ("1.0", 1000),  # nothing kept
+    ],
+)
+def test_retinanet_adapter_equals_eager_model(threshold, topk):
+    model = quick_model(f"model.test_score_thresh={threshold}", f"model.test_topk_candidates={topk}")
     adapter = build_export_adapter(model)
     assert isinstance(adapter, RetinaNetExportAdapter)
     g = torch.Generator().manual_seed(0)
@@ -63,8 +72,9 @@ def test_retinanet_adapter_equals_eager_model(threshold):
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-def test_scripted_retinanet_adapter_equals_eager_model():
-    model = quick_model("model.test_score_thresh=0.0")
+@pytest.mark.parametrize("threshold", ["0.0", "0.014"])
+def test_scripted_retinanet_adapter_equals_eager_model(threshold):
+    model = quick_model(f"model.test_score_thresh={threshold}")
     adapter = build_export_adapter(model)
     image = torch.randint(0, 256, (3, 160, 224), dtype=torch.uint8)
     with torch.no_grad():

@@ -21,9 +21,9 @@ __all__ = ["RTMDetExportAdapter"]
 @register_export_adapter(RTMDet)
 class RTMDetExportAdapter(DetectorExportAdapter):
     """RTMDet's inference as tensors: pad the raw image with ``pad_value`` (to the
-    backbone's divisibility, then to ``fixed_input_size`` if set) and normalise; per level
-    sigmoid scores > ``test_score_thresh``, the ``test_topk_candidates`` best (prior, class)
-    pairs, distances decoded at the point priors and clamped to the image; drop empty
+    backbone's divisibility, then to ``fixed_input_size`` if set), normalise (channels-last
+    on the CPU); per level sigmoid scores > ``test_score_thresh``, the
+    ``test_topk_candidates`` best (prior, class) pairs (:meth:`best_first`), distances decoded at the point priors and clamped to the image; drop empty
     boxes; class-aware NMS at ``test_nms_thresh``; keep ``max_detections_per_image``.
 
     With ``fixed_input_size`` (h, w) the accepted image size is at most min(h, w) rounded
@@ -69,7 +69,10 @@ class RTMDetExportAdapter(DetectorExportAdapter):
             x = torch.nn.functional.pad(
                 x, [0, self.fixed_width - padded_w, 0, self.fixed_height - padded_h], value=self.pad_value
             )
-        return (x - self.pixel_mean) / self.pixel_std
+        x = (x - self.pixel_mean) / self.pixel_std
+        if x.device.type == "cpu":  # RTMDet feeds the network channels-last on the CPU
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def priors(self, level: int, grid_height: int, grid_width: int, device: torch.device) -> Tensor:
         """(Hi * Wi, 4) points (x, y, stride_w, stride_h) of one level (MlvlPointGenerator)."""
@@ -96,6 +99,18 @@ class RTMDetExportAdapter(DetectorExportAdapter):
             boxes = torch.max(torch.min(boxes, upper), boxes.new_zeros(()))
         return boxes
 
+    def best_first(self, scores: Tensor) -> Tuple[Tensor, Tensor]:
+        """The ``topk_candidates`` best of a level's kept scores, in decreasing order, and
+        their indices: as ``RTMDet.forward_inference``, top-k when more are kept, else a full
+        sort; both are written out and each gets all scores or none (no branch on the count)."""
+        k = self.topk_candidates
+        more = torch.scalar_tensor(scores.shape[0]) > k
+        many = scores[more.expand(scores.shape)]  # all scores, or none
+        top_scores, top_order = many.topk(min(k, many.size(0)))
+        few = scores[torch.logical_not(more).expand(scores.shape)]  # all scores, or none
+        sorted_scores, sorted_order = few.sort(descending=True)
+        return torch.cat([top_scores, sorted_scores]), torch.cat([top_order, sorted_order])
+
     def decode(self, outputs: List[Tensor], height: int, width: int) -> Tuple[Tensor, Tensor, Tensor]:
         boxes_all: List[Tensor] = []
         scores_all: List[Tensor] = []
@@ -113,10 +128,8 @@ class RTMDetExportAdapter(DetectorExportAdapter):
             keep = scores > self.score_thresh
             scores = scores[keep]
             idxs = keep.nonzero()  # (K, 2): (prior, class)
-            num_topk = min(self.topk_candidates, idxs.size(0))
-            scores, order = scores.sort(descending=True)
-            scores = scores[:num_topk]
-            prior_idx, class_idx = idxs[order[:num_topk]].unbind(dim=1)
+            scores, order = self.best_first(scores)
+            prior_idx, class_idx = idxs[order].unbind(dim=1)
             boxes_all.append(self.distance2bbox(priors[prior_idx], dist_flat[prior_idx], height, width))
             scores_all.append(scores)
             classes_all.append(class_idx)

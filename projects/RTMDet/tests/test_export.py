@@ -27,10 +27,15 @@ def eager(model, image, height, width):
     return inst.pred_boxes.tensor, inst.scores, inst.pred_classes
 
 
-@pytest.mark.parametrize("fixed_input_size", [None, (256, 256)])
-def test_adapter_equals_eager_rtmdet(fixed_input_size):
+@pytest.mark.parametrize(
+    "fixed_input_size, topk",
+    [(None, 30000), ((256, 256), 30000), (None, 50)],  # 50: more kept than k per level (top-k, not sort)
+)
+def test_adapter_equals_eager_rtmdet(fixed_input_size, topk):
     torch.manual_seed(0)
-    model = tiny_rtmdet(num_classes=3, fixed_input_size=fixed_input_size, test_score_thresh=0.0).eval()
+    model = tiny_rtmdet(
+        num_classes=3, fixed_input_size=fixed_input_size, test_score_thresh=0.0, test_topk_candidates=topk
+    ).eval()
     with torch.no_grad():  # spread the scores and distances of the freshly initialised head
         for conv in list(model.head.rtm_cls) + list(model.head.rtm_reg):
             conv.weight.normal_(0, 0.3)
