@@ -71,7 +71,7 @@ def test_retinanet_adapter_equals_eager_model(threshold, topk):
         assert min(counts) > 0
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning")
 @pytest.mark.parametrize("threshold", ["0.0", "0.014"])
 def test_scripted_retinanet_adapter_equals_eager_model(threshold):
     model = quick_model(f"model.test_score_thresh={threshold}")
