@@ -57,6 +57,8 @@ from d2lite.utils.visualizer import draw_boxes, image_to_rgb
 
 from . import hooks
 from .defaults import create_ddp_model, default_writers
+from .exact_resume import ExactResume
+from .preemption import DEFAULT_STOP_SIGNALS, TrainingInterrupted, parse_signals
 from .priority import hook_priority
 from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
 from .validation_loss import ValidationLoss
@@ -70,6 +72,8 @@ __all__ = [
     "class_names",
     "do_test",
     "build_config_hooks",
+    "instantiate_train_loader",
+    "build_train_loader",
     "default_hooks",
     "do_train",
     "do_eval_only",
@@ -87,8 +91,9 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> DictConfig:
 
     Raises:
         ConfigError: the file is missing or broken, an override names no key or has the
-            wrong type, the config lacks ``model``/``train``, or it asks for CUDA on a
-            machine without it. The message names the file, key or value.
+            wrong type, the config lacks ``model``/``train``, it asks for CUDA on a
+            machine without it, or ``train.stop_signals`` names an unknown or uncatchable
+            signal. The message names the file, key or value.
     """
     if not config_file:
         raise ConfigError("--config-file is required")
@@ -110,6 +115,10 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> DictConfig:
             f"train.device={device} but CUDA is not available on this machine; "
             "add `train.device=cpu` to the command line to run on the CPU"
         )
+    try:
+        parse_signals(list(cfg.train.get("stop_signals", None) or []))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     return cfg
 
 
@@ -227,10 +236,23 @@ def _visualize_batches(
         yield batch
 
 
-def build_train_loader(cfg: DictConfig) -> Iterable:
-    """``cfg.dataloader.train``, wrapped to put training images into TensorBoard every
-    ``cfg.train.vis_period`` iterations (when the loader has a mapper)."""
-    loader = instantiate(cfg.dataloader.train)
+def instantiate_train_loader(cfg: DictConfig) -> Iterable:
+    """``cfg.dataloader.train``, given ``seed=train.seed`` when its function takes a seed
+    and the config sets none (the seed of the default sampler and of the per-sample
+    augmentation seeds, see :mod:`d2lite.data.stream`; a negative ``train.seed`` leaves
+    it to the loader: one random seed shared by the ranks, saved in checkpoints)."""
+    node = cfg.dataloader.train
+    seed = cfg.train.get("seed", None)
+    if seed is not None and int(seed) >= 0 and "seed" not in node and _accepts_keyword(node.get("_target_"), "seed"):
+        node = copy.deepcopy(node)  # keeps its parent, so ${...} interpolations still resolve
+        node.seed = int(seed)
+    return instantiate(node)
+
+
+def build_train_loader(cfg: DictConfig, loader: Optional[Iterable] = None) -> Iterable:
+    """``loader`` (default: :func:`instantiate_train_loader`), wrapped to put training images
+    into TensorBoard every ``cfg.train.vis_period`` iterations (when the loader has a mapper)."""
+    loader = instantiate_train_loader(cfg) if loader is None else loader
     if "mapper" in cfg.dataloader.train:
         loader = _visualize_batches(
             loader,
@@ -287,14 +309,17 @@ def default_hooks(
     trainer: TrainerBase,
     checkpointer: DetectionCheckpointer,
     ema: Optional[ModelEMA] = None,
+    data_stream: Optional[Iterable] = None,
 ) -> List[HookBase]:
     """The hooks of a LazyConfig training run, in execution order: the built-in ones
     that ``cfg.train`` switches on, and ``cfg.train.hooks``, stably sorted by priority.
 
     Built-in order (priority): IterationTimer (VERY_HIGH), GradientClipping and
     EMAHook (HIGH), LRScheduler (ABOVE_NORMAL), [config hooks, NORMAL by default],
-    PeriodicCheckpointer (BELOW_NORMAL), ValidationLoss and EvalHook (LOW),
-    PeriodicWriter (LOWEST). The checkpointer and writer exist on the main process only.
+    ExactResume and PeriodicCheckpointer (BELOW_NORMAL), ValidationLoss and EvalHook
+    (LOW), PeriodicWriter (LOWEST). The checkpointer and writer exist on the main process
+    only. ``data_stream`` (default: ``trainer.data_loader``) is the loader whose position
+    ExactResume saves.
     """
     clip = cfg.train.get("clip_grad", None)
     val_loss = cfg.train.get("val_loss", None) or {}
@@ -309,6 +334,8 @@ def default_hooks(
         hooks.LRScheduler(
             scheduler=LRMultiplier(trainer.optimizer, instantiate(cfg.lr_multiplier), cfg.train.max_iter)
         ),
+        # exact-resume state, stop signals: on every rank, before the checkpointer (see engine/exact_resume.py)
+        _exact_resume_hook(cfg, checkpointer, trainer.data_loader if data_stream is None else data_stream),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         ValidationLoss(val_loss["period"], build_val_loss_loader(cfg), val_loss.get("num_batches", None))
         if val_loss.get("period", 0) > 0
@@ -322,18 +349,39 @@ def default_hooks(
     return sorted(all_hooks, key=hook_priority)  # stable: equal priorities keep list order
 
 
+def _exact_resume_hook(cfg: DictConfig, checkpointer: DetectionCheckpointer, data_stream: Iterable) -> ExactResume:
+    """ExactResume with ``train.seed`` and ``train.stop_signals`` (ConfigError names a bad signal)."""
+    try:
+        stop_signals = list(cfg.train.get("stop_signals", DEFAULT_STOP_SIGNALS) or [])
+        return ExactResume(
+            checkpointer,
+            data_stream,
+            seed=cfg.train.get("seed", None),
+            stop_signals=stop_signals,
+            checkpoint_period=cfg.train.checkpointer.get("period", None),
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
 def do_train(cfg: DictConfig, resume: bool = False) -> TrainerBase:
     """Train ``cfg``: build the model (and EMA), optimizer, data loader, trainer
     (AMPTrainer if ``train.amp.enabled``), checkpointer and :func:`default_hooks`; load
     ``train.init_checkpoint``, or with ``resume`` the last checkpoint of
-    ``train.output_dir`` if there is one; run to ``train.max_iter``. Returns the trainer."""
+    ``train.output_dir`` if there is one; run to ``train.max_iter``. Returns the trainer.
+
+    Raises:
+        TrainingInterrupted: a stop signal (``train.stop_signals``) ended training after
+            a checkpoint was saved; its message, logged here, says how to resume.
+    """
     model = build_model(cfg)
     logger.info(f"Model:\n{model}")
     ema = build_ema(cfg, model)
 
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
-    train_loader = build_train_loader(cfg)
+    data_stream = instantiate_train_loader(cfg)
+    train_loader = build_train_loader(cfg, data_stream)
 
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
@@ -343,12 +391,16 @@ def do_train(cfg: DictConfig, resume: bool = False) -> TrainerBase:
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, **checkpointables)
     trainer.checkpointer = checkpointer
     trainer.cfg = cfg
-    trainer.register_hooks(default_hooks(cfg, trainer, checkpointer, ema))
+    trainer.register_hooks(default_hooks(cfg, trainer, checkpointer, ema, data_stream=data_stream))
 
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # A checkpoint is saved after iteration trainer.iter finished.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
-    trainer.train(start_iter, cfg.train.max_iter)
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    except TrainingInterrupted as e:
+        logger.warning(e.message)  # the last line of the log: signal, iteration, checkpoint, resume command
+        raise
     return trainer
 
 
