@@ -77,20 +77,22 @@ def sample_seed(seed: int, position: int) -> int:
 
 
 @contextlib.contextmanager
-def seeded_rngs(seed: int) -> Iterator[None]:
+def seeded_rngs(seed: int, restore: bool = True) -> Iterator[None]:
     """Seed python's ``random``, numpy's global RNG and torch's CPU generator with
-    ``seed`` inside the block; restore their previous states afterwards (CUDA
-    generators are not touched)."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    ``seed`` inside the block; with ``restore``, put their previous states back afterwards
+    (CUDA generators are not touched). DataLoader workers skip the restore (~0.1 ms):
+    nothing else draws from their RNGs."""
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if restore else None
     random.seed(seed)
     np.random.seed(seed)
     torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
+        if states is not None:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,8 @@ class _SeededSamples(torchdata.Dataset):
         global _CURRENT_SAMPLE
         position, index = key
         seed = sample_seed(self.seed, position)
-        with seeded_rngs(seed):
+        # in this process the RNGs are the model's too: restore them; a worker's are its own
+        with seeded_rngs(seed, restore=torchdata.get_worker_info() is None):
             _CURRENT_SAMPLE = StreamSample(position, index, seed)
             try:
                 if isinstance(self.dataset, MapDataset):

@@ -5,7 +5,7 @@ run is bit-identical to an uninterrupted one, and the stop-on-signal path that s
 registers it right before the PeriodicCheckpointer) that
 
 * before each iteration seeds python's ``random``, numpy's global RNG and torch's
-  (CPU and CUDA) generators from ``(seed, rank, iteration)``, so the model's own
+  (CPU and, once initialised, CUDA) generators from ``(seed, rank, iteration)``, so the model's own
   randomness (dropout, random sampling in a head) does not depend on what ran before;
 * after each iteration all-gathers, in one small collective, every rank's stop-signal
   flag, data-stream position (:meth:`d2lite.data.stream.TrainDataStream.progress`) and
@@ -158,7 +158,9 @@ class ExactResume(HookBase):
         s = iteration_seed(self.seed, comm.get_rank(), self.trainer.iter)
         random.seed(s)
         np.random.seed(s)
-        torch.manual_seed(s)
+        torch.default_generator.manual_seed(s)  # torch.manual_seed costs ~0.1 ms more, for CUDA & co
+        if torch.cuda.is_initialized():
+            torch.cuda.manual_seed_all(s)
 
     def after_step(self) -> None:
         received = self.stop_signals.received if self.stop_signals is not None else None

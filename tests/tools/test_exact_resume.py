@@ -287,3 +287,16 @@ def test_two_processes_stop_together_on_sigterm_to_one_and_resume_exactly(tmp_pa
 
     _run(_args(out, 0, "--num-gpus", "2", "--resume"), env=_env(OMP_NUM_THREADS="1"))
     _assert_equal_to_reference(out, reference, iteration)
+
+
+def test_bad_stop_signal_is_a_one_line_error():
+    proc = subprocess.run(
+        [sys.executable, TOOL, "--config-file", QUICK_CONFIG, "train.stop_signals=['SIGTERM','SIGKILL']"],
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: train.stop_signals: SIGKILL cannot be caught" in proc.stderr
