@@ -38,6 +38,8 @@ setup(
         "torchvision==0.29.1",
         "fvcore",
         "iopath",
+        # pickles lambdas/closures given to MapDataset for spawn-started DataLoader workers (as detectron2)
+        "cloudpickle",
         "omegaconf>=2.1",
         "pycocotools",
         "tensorboard",

@@ -93,3 +93,63 @@ def write_coco_fixture(root: Path, split: str = "train2017", num_images: int = 4
     json_file = root / "annotations" / f"instances_{split}.json"
     json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return json_file
+
+
+# Test copies of detectron2's YAML configs (Base-RetinaNet.yaml, COCO-Detection/retinanet_R_50_FPN_{1x,3x}.yaml).
+DETECTRON2_CONFIGS = REPO_ROOT / "tests" / "config" / "detectron2_configs"
+
+
+def assert_same_detector(a, b, num_classes: int) -> None:
+    """Two dense detectors built by different config paths are the same model: equal parameter
+    and buffer names, shapes and trainability, equal hyperparameters, and, once ``b`` has ``a``'s
+    weights, equal training losses and detections on the same inputs (CPU)."""
+    import torch
+
+    from d2lite.structures import Boxes, Instances
+    from d2lite.utils.events import EventStorage
+
+    params_a = {k: (tuple(v.shape), v.requires_grad) for k, v in a.named_parameters()}
+    params_b = {k: (tuple(v.shape), v.requires_grad) for k, v in b.named_parameters()}
+    assert list(params_a) == list(params_b) and params_a == params_b
+    assert {k: tuple(v.shape) for k, v in a.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in b.state_dict().items()
+    }
+    assert str(a) == str(b)  # module types and their arguments (norms, strides, channels)
+    for name in ("num_classes", "focal_loss_alpha", "focal_loss_gamma", "smooth_l1_beta", "box_reg_loss_type",
+                 "test_score_thresh", "test_topk_candidates", "test_nms_thresh", "max_detections_per_image",
+                 "head_in_features", "input_format", "vis_period"):  # fmt: skip
+        assert getattr(a, name) == getattr(b, name), name
+    assert torch.equal(a.pixel_mean, b.pixel_mean) and torch.equal(a.pixel_std, b.pixel_std)
+    assert a.anchor_generator.strides == b.anchor_generator.strides
+    assert a.anchor_generator.offset == b.anchor_generator.offset
+    for x, y in zip(a.anchor_generator.cell_anchors, b.anchor_generator.cell_anchors):
+        assert torch.equal(x, y)
+    assert a.box2box_transform.weights == b.box2box_transform.weights
+    assert vars(a.anchor_matcher) == vars(b.anchor_matcher)
+
+    torch.manual_seed(0)
+    b.load_state_dict(a.state_dict())
+    inputs = []
+    for h, w in ((96, 128), (80, 112)):
+        inst = Instances((h, w))
+        inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 5.0, 90.0, 40.0]]))
+        inst.gt_classes = torch.tensor([0, num_classes - 1])
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
+        inputs.append({"image": image, "instances": inst, "height": h, "width": w})
+    a.train()
+    b.train()
+    with EventStorage(1):  # not a multiple of a vis_period: no training visualization
+        losses_a, losses_b = a(inputs), b(inputs)
+    assert losses_a.keys() == losses_b.keys() == {"loss_cls", "loss_box_reg"}
+    for k in losses_a:
+        assert torch.equal(losses_a[k], losses_b[k]), k
+    a.eval()
+    b.eval()
+    a.test_score_thresh = b.test_score_thresh = 0.0  # an untrained model scores near the 0.01 prior
+    with torch.no_grad():
+        out_a, out_b = a(inputs), b(inputs)
+    for x, y in zip(out_a, out_b):
+        x, y = x["instances"], y["instances"]
+        assert len(x) > 0
+        assert torch.equal(x.pred_boxes.tensor, y.pred_boxes.tensor)
+        assert torch.equal(x.scores, y.scores) and torch.equal(x.pred_classes, y.pred_classes)

@@ -24,6 +24,9 @@ train = dict(
     # and dataloader.train.total_batch_size // world_size images per batch.
     val_loss=dict(period=0, num_batches=None),
     log_period=20,
+    # Gather and write the losses in a background thread, overlapping the optimizer step
+    # (detectron2's SimpleTrainer(async_write_metrics=True)); metrics.json is the same.
+    async_write_metrics=False,
     # Every vis_period iterations, put a few training images with their
     # ground-truth boxes into TensorBoard (0 = never).
     vis_period=0,

@@ -4,7 +4,8 @@ import logging
 import os
 import pickle
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import parse_qsl
 
 import torch
 from fvcore.common.checkpoint import Checkpointer, _IncompatibleKeys
@@ -16,7 +17,7 @@ from d2lite.utils.file_io import PathManager
 from . import catalog as _catalog  # noqa: F401  (registers catalog:// in PathManager)
 from .c2_model_loading import align_and_update_state_dicts
 
-__all__ = ["DetectionCheckpointer"]
+__all__ = ["DetectionCheckpointer", "split_load_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,53 @@ def _atomic_write(path: str, write_fn: Any, binary: bool = True) -> None:
     _fsync_dir(dirname)
 
 
+_LOAD_OPTIONS = ("matching_heuristics",)
+"""Query options of a checkpoint path, e.g. ``model.pth?matching_heuristics=True``."""
+
+
+def _parse_bool(value: str, key: str, path: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise ValueError(f"Checkpoint path {path!r}: query option {key}={value!r} must be True or False.")
+
+
+def split_load_options(path: str) -> Tuple[str, Dict[str, Any]]:
+    """Split detectron2's query options off a checkpoint path.
+
+    ``"out/model.pth?matching_heuristics=True"`` -> ``("out/model.pth", {"matching_heuristics": True})``.
+    A path without ``?``, or an existing local file whose name contains ``?``, has no options.
+
+    Raises:
+        ValueError: for a query that is not ``key=value&...``, an unknown or repeated key
+            (naming them and the supported ones), or a value that is not True/False.
+    """
+    if "?" not in path or os.path.isfile(path):
+        return path, {}
+    base, _, query = path.partition("?")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError as e:
+        raise ValueError(
+            f"Checkpoint path {path!r}: cannot parse the query {query!r} ({e}); write options as "
+            f"'?key=value&key=value' with keys from {list(_LOAD_OPTIONS)}."
+        ) from e
+    keys = [k for k, _ in pairs]
+    unknown = sorted({k for k in keys if k not in _LOAD_OPTIONS})
+    if unknown:
+        raise ValueError(
+            f"Checkpoint path {path!r}: unsupported query option(s) {unknown}; supported: {list(_LOAD_OPTIONS)}. "
+            "(The query of a checkpoint path holds load options, as in detectron2; a URL that needs "
+            "its own query must be downloaded first and given as a local path.)"
+        )
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"Checkpoint path {path!r}: query option(s) {repeated} given more than once.")
+    return base, {k: _parse_bool(v, k, path) for k, v in pairs}
+
+
 def _strip_prefix(state_dict: Dict[str, Any], prefix: str) -> None:
     """In place: drop ``prefix`` from every key if *all* keys start with it."""
     keys = list(state_dict.keys())
@@ -82,8 +130,13 @@ class DetectionCheckpointer(Checkpointer):
     * loads detectron2 model-zoo ``.pkl`` files (``{"model": numpy arrays,
       "__author__": ...}``) and Caffe2/Detectron ``.pkl`` files (blob names like
       ``res2_0_branch2a_w``, converted to d2lite names and matched by suffix);
-    * paths may be ``detectron2://``, ``catalog://`` or ``https://`` URLs (through
-      :data:`d2lite.utils.file_io.PathManager`).
+    * paths may be ``detectron2://``, ``catalog://`` or ``https://`` URLs, or use any
+      prefix of a handler registered with :data:`d2lite.utils.file_io.PathManager`;
+    * as in detectron2, a path may end with query options:
+      ``model.pth?matching_heuristics=True`` loads ``model.pth`` and matches its weight
+      names to the model's by suffix (see :func:`align_and_update_state_dicts`), e.g. a
+      backbone checkpoint (``res2.0.conv1.weight``) into a detector
+      (``backbone.bottom_up.res2.0.conv1.weight``). Unknown options are an error.
 
     A DDP/DataParallel model is unwrapped: state-dict keys never start with "module.".
 
@@ -119,6 +172,7 @@ class DetectionCheckpointer(Checkpointer):
         )
         self.path_manager = PathManager
         self.logger = logger
+        self._load_options: Dict[str, Any] = {}  # query options of the path being loaded
 
     # ------------------------------------------------------------------ saving
     def save(self, name: str, **kwargs: Any) -> None:
@@ -163,23 +217,34 @@ class DetectionCheckpointer(Checkpointer):
         """Load model (and checkpointables) from a file or URL.
 
         Args:
-            path: local file, URL, ``detectron2://...`` or ``catalog://...``; "" loads nothing.
+            path: local file, URL, ``detectron2://...``, ``catalog://...`` or a path of a
+                handler registered with the PathManager, optionally followed by query
+                options (``?matching_heuristics=True``, see the class docstring); "" loads
+                nothing.
             checkpointables: names of checkpointables to load; None loads all present.
 
         Returns:
             The remaining checkpoint data (e.g. ``iteration`` given to :meth:`save`).
+
+        Raises:
+            ValueError: an unknown query option (named in the message).
+            FileNotFoundError: the file does not exist.
         """
         if not path:
             return super().load(path, checkpointables)
-        local = path if os.path.isfile(path) else self.path_manager.get_local_path(path)
-        if comm.get_world_size() > 1:
-            return self._load_distributed(local, checkpointables)
-        if not os.path.isfile(local):
-            raise FileNotFoundError(
-                f"Checkpoint {path} not found (resolved to {local}). Check "
-                "train.init_checkpoint / the path given to the checkpointer."
-            )
-        return super().load(local, checkpointables)
+        path, self._load_options = split_load_options(path)
+        try:
+            local = path if os.path.isfile(path) else self.path_manager.get_local_path(path)
+            if comm.get_world_size() > 1:
+                return self._load_distributed(local, checkpointables)
+            if not os.path.isfile(local):
+                raise FileNotFoundError(
+                    f"Checkpoint {path} not found (resolved to {local}). Check "
+                    "train.init_checkpoint / the path given to the checkpointer."
+                )
+            return super().load(local, checkpointables)
+        finally:
+            self._load_options = {}
 
     def _load_distributed(self, path: str, checkpointables: Optional[List[str]]) -> Dict[str, Any]:
         has_file = os.path.isfile(path)
@@ -205,6 +270,8 @@ class DetectionCheckpointer(Checkpointer):
         ``.pkl``: detectron2 model zoo (has "model" and "__author__") or Caffe2/Detectron
         (blob dict, optionally under "blobs"; marked for name conversion). Anything else
         is read with ``torch.load``; a bare state dict is wrapped as ``{"model": ...}``.
+        ``matching_heuristics=True`` in the path's query marks the data for suffix
+        matching (Caffe2 files always are).
         """
         try:
             if filename.endswith(".pkl"):
@@ -226,14 +293,15 @@ class DetectionCheckpointer(Checkpointer):
         if filename.endswith(".pkl"):
             if "model" in data and "__author__" in data:
                 self.logger.info(f"Reading a file from '{data['__author__']}'")
-                return data
-            if "blobs" in data:  # Detectron detection models; ImageNet models are flat
-                data = data["blobs"]
-            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
-            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
-
-        if "model" not in data:
+            else:
+                if "blobs" in data:  # Detectron detection models; ImageNet models are flat
+                    data = data["blobs"]
+                data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+                return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        elif "model" not in data:
             data = {"model": data}
+        if self._load_options.get("matching_heuristics", False):
+            data["matching_heuristics"] = True
         return data
 
     def _load_model(self, checkpoint: Dict[str, Any]) -> _IncompatibleKeys:

@@ -1,5 +1,6 @@
 """Build objects from lazy configs (dicts with a ``_target_`` key)."""
 
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -16,7 +17,7 @@ except ImportError:  # older omegaconf turns tuples into ListConfig
 
 from d2lite.utils.registry import _convert_target_to_string, locate
 
-__all__ = ["instantiate"]
+__all__ = ["dump_dataclass", "instantiate"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,31 @@ def _target_name(target: Any) -> str:
         return _convert_target_to_string(target)
     except AttributeError:
         return repr(target)
+
+
+def dump_dataclass(obj: Any) -> dict:
+    """Dump a dataclass object into a lazy config that instantiates to an equal object.
+
+    Nested dataclass objects (also inside lists and tuples) become nested configs.
+    Same as detectron2's, except that tuples stay tuples, so the round trip is exact.
+
+    Args:
+        obj: a dataclass instance (not a dataclass type).
+
+    Returns:
+        dict: ``{"_target_": "module.ClassName", field: value, ...}``.
+    """
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        raise TypeError(f"dump_dataclass() needs a dataclass instance, got {obj!r}.")
+    ret: dict = {"_target_": _convert_target_to_string(type(obj))}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            v = dump_dataclass(v)
+        elif type(v) in (list, tuple):  # a tuple stays a tuple (detectron2 makes it a list)
+            v = type(v)(dump_dataclass(x) if dataclasses.is_dataclass(x) and not isinstance(x, type) else x for x in v)
+        ret[f.name] = v
+    return ret
 
 
 def _check_kwargs(fn: Any, kwargs: dict, path: str, target_name: str) -> None:
@@ -77,8 +103,15 @@ def instantiate(cfg: Any) -> Any:
     import path such as ``"d2lite.modeling.RetinaNet"``); it is replaced by
     ``_target_(**other_keys)`` after its values were instantiated. Lists,
     ``ListConfig`` (returned as a ``ListConfig`` like detectron2), tuples and
-    ``TupleConfig`` (returned as tuples) and plain dicts are walked; any other value,
-    including a ``DictConfig`` without ``_target_``, is returned unchanged.
+    ``TupleConfig`` (returned as tuples) and plain dicts are walked; a list, tuple or
+    dict holding no config comes back as the same object. Any other value, including a
+    ``DictConfig`` without ``_target_``, is returned as the same object (as detectron2
+    does).
+
+    Dataclasses, as in detectron2: ``L(MyDataclass)(field=1)`` builds ``MyDataclass(field=1)``;
+    a dataclass object put into a config (which omegaconf stores as a structured config)
+    comes back as a dataclass object, so a dataclass object given as a value (or, if it is
+    callable, as ``_target_``) is passed on as an object.
 
     Args:
         cfg: a config object or plain data.
@@ -105,9 +138,11 @@ def _instantiate(cfg: Any, path: str) -> Any:
     if isinstance(cfg, TupleConfig):
         return tuple(_instantiate(cfg[i], _join(path, i)) for i in range(len(cfg)))
     if isinstance(cfg, list):
-        return [_instantiate(x, _join(path, i)) for i, x in enumerate(cfg)]
+        items = [_instantiate(x, _join(path, i)) for i, x in enumerate(cfg)]
+        return cfg if all(a is b for a, b in zip(items, cfg)) else items
     if type(cfg) is tuple:  # namedtuples and other tuple subclasses are data, left alone
-        return tuple(_instantiate(x, _join(path, i)) for i, x in enumerate(cfg))
+        items = tuple(_instantiate(x, _join(path, i)) for i, x in enumerate(cfg))
+        return cfg if all(a is b for a, b in zip(items, cfg)) else items
     if isinstance(cfg, DictConfig) and dataclasses.is_dataclass(cfg._metadata.object_type):
         return OmegaConf.to_object(cfg)
     if isinstance(cfg, abc.Mapping) and "_target_" in cfg:
@@ -122,8 +157,15 @@ def _instantiate(cfg: Any, path: str) -> Any:
             target_obj = target
         target_name = _target_name(target)
         if not callable(target_obj):
+            hint = ""
+            if dataclasses.is_dataclass(target_obj):
+                hint = (
+                    f" A dataclass object is a callable _target_ only if it defines __call__; to build a "
+                    f"{type(target_obj).__name__}, give its class: L({type(target_obj).__name__})(...)."
+                )
             raise TypeError(
-                f"Config key '{_join(path, '_target_')}' must be a callable or its import path, got {target_obj!r}."
+                f"Config key '{_join(path, '_target_')}' must be a callable or its import path, "
+                f"got {target_obj!r}.{hint}"
             )
         _check_kwargs(target_obj, kwargs, path, target_name)
         try:
@@ -138,6 +180,13 @@ def _instantiate(cfg: Any, path: str) -> Any:
             if wrapped is None or wrapped.args != (msg,):
                 raise RuntimeError(msg) from e
             raise wrapped from e
-    if isinstance(cfg, dict):
-        return {k: _instantiate(v, _join(path, k)) for k, v in cfg.items()}
+    if isinstance(cfg, dict):  # detectron2 returns plain dicts as they are; d2lite builds the configs inside
+        built = {k: _instantiate(v, _join(path, k)) for k, v in cfg.items()}
+        if all(built[k] is v for k, v in cfg.items()):
+            return cfg  # nothing to build: the same object
+        if type(cfg) is dict:
+            return built
+        out = copy.copy(cfg)  # keeps the dict subclass (OrderedDict, defaultdict, ...)
+        out.update(built)
+        return out
     return cfg

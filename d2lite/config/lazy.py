@@ -10,12 +10,15 @@ config; config files import each other with relative imports::
     model.num_classes = 3
 """
 
+import dataclasses
 import inspect
 import os
 from collections import abc
 from typing import Any, List, Tuple, Union
 
 from omegaconf import DictConfig
+
+from d2lite.utils.registry import _convert_target_to_string, locate
 
 from .loading import load_config_file
 from .overrides import apply_overrides
@@ -32,6 +35,10 @@ class LazyCall:
     edited and later built by :func:`d2lite.config.instantiate`. Only keyword
     arguments are supported.
 
+    A dataclass target is stored as its import path, as detectron2 does (omegaconf
+    cannot hold dataclass types), so ``L(MyDataclass)(field=1)`` instantiates to
+    ``MyDataclass(field=1)``.
+
     Args:
         target: a callable, its dotted import path (str), or a mapping that
             instantiates to a callable.
@@ -43,8 +50,28 @@ class LazyCall:
         self._target = target
 
     def __call__(self, **kwargs) -> DictConfig:
-        kwargs["_target_"] = self._target
+        target = self._target
+        if isinstance(target, type) and dataclasses.is_dataclass(target):
+            # omegaconf would turn a dataclass *type* into a structured config of its
+            # defaults; like detectron2, store its import path instead.
+            target = _dataclass_import_path(target)
+        kwargs["_target_"] = target
         return DictConfig(content=kwargs, flags={"allow_objects": True})
+
+
+def _dataclass_import_path(cls: type) -> str:
+    """The import path of dataclass ``cls``; ValueError if it cannot be imported back."""
+    try:
+        path = _convert_target_to_string(cls)
+        if locate(path) is cls:
+            return path
+    except (AttributeError, ImportError):
+        pass
+    raise ValueError(
+        f"LazyCall({cls.__qualname__}): a dataclass target is stored as its import path (omegaconf "
+        f"cannot hold dataclass types), but {cls.__module__}.{cls.__qualname__} cannot be imported. "
+        "Define the dataclass at module level of an importable module."
+    )
 
 
 class LazyConfig:
@@ -96,9 +123,9 @@ class LazyConfig:
         hold (lambdas, local functions, arbitrary objects, ``_target_`` that cannot be
         imported back) are reported by key path in one warning and written as the
         string ``"<unserializable> TYPE: NAME"`` so the file still shows them; such a
-        config loads, but those keys must be set again before ``instantiate``. If
-        ``cloudpickle`` is installed, a complete pickle is also written to
-        ``filename + ".pkl"`` in that case.
+        config loads, but those keys must be set again before ``instantiate``. In that
+        case a complete cloudpickle copy is also written to ``filename + ".pkl"`` (as
+        detectron2 does) and the warning names it; ``load`` never reads pickles.
         """
         save_yaml(cfg, filename)
 

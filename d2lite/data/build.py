@@ -1,4 +1,9 @@
-"""Build dataset dicts and data loaders (detectron2's LazyConfig-path API)."""
+"""Build dataset dicts and data loaders (detectron2's API).
+
+The loaders take explicit keyword arguments (what LazyConfig files use); with
+``@configurable`` they also accept a detectron2-style config, as detectron2's do:
+``build_detection_train_loader(cfg)`` and ``build_detection_test_loader(cfg, dataset_name)``.
+"""
 
 import itertools
 import logging
@@ -9,13 +14,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 import torch.utils.data as torchdata
 
+from d2lite.config import configurable
 from d2lite.utils.comm import get_world_size
 from d2lite.utils.env import seed_all_rng
 
 from .catalog import DatasetCatalog, MetadataCatalog
 from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset
+from .dataset_mapper import DatasetMapper
 from .detection_utils import check_metadata_consistency
-from .samplers import InferenceSampler, TrainingSampler
+from .samplers import InferenceSampler, RepeatFactorTrainingSampler, TrainingSampler
 from .stream import TrainDataStream
 
 __all__ = [
@@ -255,6 +262,40 @@ def _as_dataset(
     return dataset
 
 
+def _train_loader_from_config(cfg: Any, mapper=None, *, dataset=None, sampler=None) -> Dict[str, Any]:
+    """``build_detection_train_loader`` arguments from ``cfg.DATASETS.TRAIN``, ``cfg.DATALOADER``,
+    ``cfg.SOLVER.IMS_PER_BATCH`` and ``cfg.SEED``; ``mapper`` defaults to ``DatasetMapper(cfg, True)``."""
+    if dataset is None:
+        dataset = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    if mapper is None:
+        mapper = DatasetMapper(cfg, True)
+    if sampler is None and not isinstance(dataset, torchdata.IterableDataset):
+        name = cfg.DATALOADER.SAMPLER_TRAIN
+        seed = cfg.SEED if cfg.SEED >= 0 else None  # negative: a shared random seed
+        logger.info(f"Using training sampler {name}")
+        if name == "TrainingSampler":
+            sampler = TrainingSampler(len(dataset), seed=seed)
+        elif name == "RepeatFactorTrainingSampler":
+            repeat_factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+                dataset, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
+            )
+            sampler = RepeatFactorTrainingSampler(repeat_factors, seed=seed)
+        else:
+            raise ValueError(
+                f"Unknown training sampler DATALOADER.SAMPLER_TRAIN={name!r}; d2lite's YAML path supports "
+                "'TrainingSampler' and 'RepeatFactorTrainingSampler'"
+            )
+    return {
+        "dataset": dataset,
+        "sampler": sampler,
+        "mapper": mapper,
+        "total_batch_size": cfg.SOLVER.IMS_PER_BATCH,
+        "aspect_ratio_grouping": cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+        "num_workers": cfg.DATALOADER.NUM_WORKERS,
+    }
+
+
+@configurable(from_config=_train_loader_from_config)
 def build_detection_train_loader(
     dataset: Union[List[Dict[str, Any]], torchdata.Dataset, str, List[str]],
     *,
@@ -267,7 +308,8 @@ def build_detection_train_loader(
     seed: Optional[int] = None,
     **kwargs: Any,
 ):
-    """Build the (infinite) training data loader.
+    """Build the (infinite) training data loader. Also ``build_detection_train_loader(cfg,
+    mapper=None, *, dataset=None, sampler=None)`` with a detectron2-style config.
 
     Args:
         dataset: list of dataset dicts (e.g. ``get_detection_dataset_dicts(names)``),
@@ -305,6 +347,22 @@ def build_detection_train_loader(
     )
 
 
+def _test_loader_from_config(cfg: Any, dataset_name: Union[str, Sequence[str]], mapper=None) -> Dict[str, Any]:
+    """``build_detection_test_loader`` arguments for ``dataset_name`` (not ``cfg.DATASETS.TEST``:
+    each test set is evaluated on its own), with ``DatasetMapper(cfg, False)`` by default and
+    ``cfg.DATALOADER.NUM_WORKERS``."""
+    dataset = get_detection_dataset_dicts(dataset_name, filter_empty=False)
+    if mapper is None:
+        mapper = DatasetMapper(cfg, False)
+    return {
+        "dataset": dataset,
+        "mapper": mapper,
+        "num_workers": cfg.DATALOADER.NUM_WORKERS,
+        "sampler": InferenceSampler(len(dataset)) if not isinstance(dataset, torchdata.IterableDataset) else None,
+    }
+
+
+@configurable(from_config=_test_loader_from_config)
 def build_detection_test_loader(
     dataset: Union[List[Dict[str, Any]], torchdata.Dataset, str, List[str]],
     *,
@@ -316,6 +374,8 @@ def build_detection_test_loader(
 ) -> torchdata.DataLoader:
     """Build a finite inference data loader; each rank gets its shard via
     :class:`InferenceSampler`. ``batch_size`` is per rank. Batches are lists of dicts.
+    Also ``build_detection_test_loader(cfg, dataset_name, mapper=None)`` with a
+    detectron2-style config.
 
     For names, ``filter_empty=False`` is used so every image is evaluated; pass
     ``get_detection_dataset_dicts(names, filter_empty=False)`` explicitly to be clear.

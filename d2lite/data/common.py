@@ -7,8 +7,11 @@ import random
 from typing import Any, Callable, Iterable, Iterator, List
 
 import numpy as np
+import torch
 import torch.utils.data as data
 from torch.utils.data.sampler import Sampler
+
+from d2lite.utils.serialize import PicklableWrapper
 
 __all__ = ["MapDataset", "DatasetFromList", "AspectRatioGroupedDataset", "ToIterableDataset"]
 
@@ -48,12 +51,22 @@ def _shard_iterator_dataloader_worker(iterable: Iterable, chunk_size: int = 1) -
         )
 
 
+def _picklable_state(obj: Any) -> dict:
+    """``obj.__dict__`` with its ``_map_func`` pickled by cloudpickle (lambdas, closures)."""
+    state = obj.__dict__.copy()
+    state["_map_func"] = PicklableWrapper(state["_map_func"])  # unpickles to the function itself
+    return state
+
+
 class _MapIterableDataset(data.IterableDataset):
     """Map an iterable dataset, skipping elements for which ``map_func`` returns None."""
 
     def __init__(self, dataset: data.IterableDataset, map_func: Callable):
         self._dataset = dataset
         self._map_func = map_func
+
+    def __getstate__(self) -> dict:
+        return _picklable_state(self)
 
     def __len__(self) -> int:
         return len(self._dataset)
@@ -66,7 +79,12 @@ class _MapIterableDataset(data.IterableDataset):
 
 class MapDataset(data.Dataset):
     """Map a dataset with ``map_func``; when it returns None for an index, retry with a
-    random other index (a warning is logged after 3 failed retries)."""
+    random other index (a warning is logged after 3 failed retries).
+
+    The dataset pickles (e.g. to DataLoader workers started with ``spawn``, the default
+    on macOS and Windows) also when ``map_func`` is a lambda or a closure: as in
+    detectron2, ``map_func`` is pickled with cloudpickle.
+    """
 
     def __new__(cls, dataset, map_func):
         is_iterable = isinstance(dataset, data.IterableDataset)
@@ -75,7 +93,10 @@ class MapDataset(data.Dataset):
         return super().__new__(cls)
 
     def __getnewargs__(self):
-        return self._dataset, self._map_func
+        return self._dataset, None  # __new__ only looks at the dataset; the state has the rest
+
+    def __getstate__(self) -> dict:
+        return _picklable_state(self)
 
     def __init__(self, dataset, map_func: Callable):
         """
@@ -140,8 +161,10 @@ class MapDataset(data.Dataset):
 
 class DatasetFromList(data.Dataset):
     """Wrap a list as a torch Dataset. With ``serialize`` the items are pickled into
-    one numpy byte buffer, so DataLoader workers share memory instead of copying
-    Python objects (copy-on-read of refcounts)."""
+    one byte buffer held by a torch tensor (as detectron2's default), so DataLoader
+    workers share it instead of copying Python objects: forked workers avoid
+    copy-on-read of refcounts, and workers started with ``spawn`` receive the buffer
+    through shared memory rather than a copy each."""
 
     def __init__(self, lst: List[Any], copy: bool = True, serialize: bool = True):
         """
@@ -155,9 +178,9 @@ class DatasetFromList(data.Dataset):
         self._serialize = serialize
         if self._serialize:
             logger.info("Serializing %d elements to byte tensors and concatenating them all ...", len(lst))
-            buffers = [np.frombuffer(pickle.dumps(x, protocol=-1), dtype=np.uint8) for x in lst]
-            self._addr = np.cumsum(np.asarray([len(x) for x in buffers], dtype=np.int64))
-            self._lst = np.concatenate(buffers) if buffers else np.zeros(0, dtype=np.uint8)
+            buffers = [np.frombuffer(_dumps_item(x, i), dtype=np.uint8) for i, x in enumerate(lst)]
+            self._addr = torch.from_numpy(np.cumsum(np.asarray([len(x) for x in buffers], dtype=np.int64)))
+            self._lst = torch.from_numpy(np.concatenate(buffers) if buffers else np.zeros(0, dtype=np.uint8))
             logger.info("Serialized dataset takes %.2f MiB", len(self._lst) / 1024**2)
 
     def __len__(self) -> int:
@@ -169,12 +192,23 @@ class DatasetFromList(data.Dataset):
         if self._serialize:
             start_addr = 0 if idx == 0 else self._addr[idx - 1].item()
             end_addr = self._addr[idx].item()
-            return pickle.loads(memoryview(self._lst[start_addr:end_addr]))
+            return pickle.loads(memoryview(self._lst[start_addr:end_addr].numpy()))
         if self._copy:
             import copy
 
             return copy.deepcopy(self._lst[idx])
         return self._lst[idx]
+
+
+def _dumps_item(item: Any, index: int) -> bytes:
+    try:
+        return pickle.dumps(item, protocol=-1)
+    except Exception as e:
+        raise TypeError(
+            f"DatasetFromList(serialize=True): item {index} cannot be pickled ({type(e).__name__}: {e}). "
+            "Dataset items should be plain data (dicts of numbers, strings, arrays); or pass "
+            "serialize=False (workers started with spawn still need picklable items)."
+        ) from e
 
 
 class ToIterableDataset(data.IterableDataset):

@@ -21,6 +21,7 @@ __all__ = [
     "transform_instance_annotations",
     "annotations_to_instances",
     "filter_empty_instances",
+    "gen_crop_transform_with_instance",
     "build_augmentation",
     "build_transform_gen",
     "check_metadata_consistency",
@@ -197,6 +198,52 @@ def filter_empty_instances(
     return instances[m]
 
 
+def gen_crop_transform_with_instance(
+    crop_size: Tuple[int, int], image_size: Tuple[int, int], instance: Dict[str, Any]
+) -> T.CropTransform:
+    """A random :class:`CropTransform` of ``crop_size`` whose region contains the centre
+    of ``instance``'s box (as detectron2's, which it draws in the same order: y0, then x0,
+    with numpy's global RNG).
+
+    Args:
+        crop_size: (h, w) of the crop in pixels, at most ``image_size``.
+        image_size: (h, w) of the image in pixels.
+        instance: one annotation dict in detectron2's dataset format ("bbox", "bbox_mode").
+
+    Returns:
+        ``CropTransform(x0, y0, w, h)`` with integer ``x0, y0``, inside the image, and
+        ``x0 <= cx <= x0 + w``, ``y0 <= cy <= y0 + h`` for the box centre ``(cx, cy)``
+        (edges included; detectron2's may leave a fractional centre up to one pixel out).
+
+    Raises:
+        ValueError: the crop is larger than the image, or the box centre lies outside it
+            (the message names the sizes and the box).
+    """
+    crop_h, crop_w = (int(x) for x in crop_size)
+    img_h, img_w = (int(x) for x in image_size)
+    if not (0 < crop_h <= img_h and 0 < crop_w <= img_w):
+        raise ValueError(
+            f"gen_crop_transform_with_instance: crop size (h, w) = {(crop_h, crop_w)} must be positive "
+            f"and fit in the image of size (h, w) = {(img_h, img_w)}."
+        )
+    x0, y0, x1, y1 = BoxMode.convert(list(instance["bbox"]), instance["bbox_mode"], BoxMode.XYXY_ABS)
+    center_yx = np.array([(y0 + y1) * 0.5, (x0 + x1) * 0.5])
+    if not (0 <= center_yx[0] <= img_h and 0 <= center_yx[1] <= img_w):
+        raise ValueError(
+            f"gen_crop_transform_with_instance: the centre (x, y) = {tuple(center_yx[::-1].tolist())} of the "
+            f"annotation box {list(instance['bbox'])} (mode {instance['bbox_mode']}) is outside the image "
+            f"of size (h, w) = {(img_h, img_w)}."
+        )
+    crop = np.array([crop_h, crop_w])
+    # the crop [start, start + size] holds the centre c: c - size <= start <= c; and it is
+    # inside the image: 0 <= start <= image - size. Non-empty since size >= 1 and 0 <= c <= image.
+    low = np.maximum(np.ceil(center_yx - crop), 0).astype(np.int64)
+    high = np.minimum(np.array([img_h, img_w]) - crop, np.floor(center_yx)).astype(np.int64)
+    start_y = np.random.randint(low[0], high[0] + 1)
+    start_x = np.random.randint(low[1], high[1] + 1)
+    return T.CropTransform(int(start_x), int(start_y), crop_w, crop_h)
+
+
 def build_augmentation(
     is_train: bool,
     *,
@@ -209,8 +256,8 @@ def build_augmentation(
 ) -> List[T.Augmentation]:
     """The default augmentations: ResizeShortestEdge (+ RandomFlip for training).
 
-    detectron2 reads these values from a yacs config (``cfg.INPUT.*``); d2lite has no
-    yacs config, so they are keyword arguments with detectron2's defaults.
+    detectron2 reads these values from ``cfg.INPUT.*``; here they are keyword arguments
+    with detectron2's defaults (``DatasetMapper.from_config`` maps a config to them).
     ``random_flip`` is "horizontal", "vertical" or "none".
     """
     if is_train:

@@ -44,6 +44,7 @@ import torch
 from omegaconf import DictConfig
 
 from d2lite.checkpoint import DetectionCheckpointer
+from d2lite.checkpoint.detection_checkpoint import split_load_options
 from d2lite.config import LazyCall as L
 from d2lite.config import LazyConfig, instantiate
 from d2lite.data import MetadataCatalog, get_detection_dataset_dicts
@@ -92,8 +93,9 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> DictConfig:
     Raises:
         ConfigError: the file is missing or broken, an override names no key or has the
             wrong type, the config lacks ``model``/``train``, it asks for CUDA on a
-            machine without it, or ``train.stop_signals`` names an unknown or uncatchable
-            signal. The message names the file, key or value.
+            machine without it, ``train.init_checkpoint`` has an unknown query option, or
+            ``train.stop_signals`` names an unknown or uncatchable signal. The message names
+            the file, key or value.
     """
     if not config_file:
         raise ConfigError("--config-file is required")
@@ -115,6 +117,10 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> DictConfig:
             f"train.device={device} but CUDA is not available on this machine; "
             "add `train.device=cpu` to the command line to run on the CPU"
         )
+    try:  # query options such as "model.pth?matching_heuristics=True" (checked before any work)
+        split_load_options(str(cfg.train.get("init_checkpoint", "") or ""))
+    except ValueError as e:
+        raise ConfigError(f"train.init_checkpoint: {e}") from e
     try:
         parse_signals(list(cfg.train.get("stop_signals", None) or []))
     except ValueError as e:
@@ -366,7 +372,8 @@ def _exact_resume_hook(cfg: DictConfig, checkpointer: DetectionCheckpointer, dat
 
 def do_train(cfg: DictConfig, resume: bool = False) -> TrainerBase:
     """Train ``cfg``: build the model (and EMA), optimizer, data loader, trainer
-    (AMPTrainer if ``train.amp.enabled``), checkpointer and :func:`default_hooks`; load
+    (AMPTrainer if ``train.amp.enabled``; metrics written by a background thread if
+    ``train.async_write_metrics``), checkpointer and :func:`default_hooks`; load
     ``train.init_checkpoint``, or with ``resume`` the last checkpoint of
     ``train.output_dir`` if there is one; run to ``train.max_iter``. Returns the trainer.
 
@@ -384,7 +391,9 @@ def do_train(cfg: DictConfig, resume: bool = False) -> TrainerBase:
     train_loader = build_train_loader(cfg, data_stream)
 
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
+        model, train_loader, optim, async_write_metrics=cfg.train.get("async_write_metrics", False)
+    )
     checkpointables: Dict[str, Any] = {"trainer": trainer}
     if ema is not None:
         checkpointables["ema"] = ema

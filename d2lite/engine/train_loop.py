@@ -15,6 +15,7 @@ they were registered, at these points::
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 import weakref
@@ -225,6 +226,14 @@ class SimpleTrainer(TrainerBase):
 
     All other tasks during training (checkpointing, logging, evaluation, LR schedule)
     are maintained by hooks, which can be registered by :meth:`TrainerBase.register_hooks`.
+
+    With ``async_write_metrics=True`` (as in detectron2) the losses are gathered and put
+    into the event storage by a background thread (``concurrent_executor``, one worker,
+    so in iteration order) while the optimizer step runs. The trainer waits for them
+    before the ``after_step`` hooks (writers, checkpointing, evaluation), in
+    ``after_train`` and in :meth:`state_dict`, so every hook sees the same storage as
+    with synchronous writing. One difference: a non-finite loss is detected after that
+    iteration's optimizer step (the FloatingPointError names the same iteration).
     """
 
     def __init__(
@@ -234,6 +243,7 @@ class SimpleTrainer(TrainerBase):
         optimizer: torch.optim.Optimizer,
         gather_metric_period: int = 1,
         zero_grad_before_forward: bool = False,
+        async_write_metrics: bool = False,
     ) -> None:
         """
         Args:
@@ -245,6 +255,8 @@ class SimpleTrainer(TrainerBase):
                 metrics are gathered from all the ranks to rank 0 and logged (and the
                 total loss checked for NaN/inf).
             zero_grad_before_forward: whether to zero the gradients before the forward.
+            async_write_metrics: write the metrics in a background thread, overlapping
+                the optimizer step (see the class docstring). Defaults to False.
         """
         super().__init__()
         # We set the model to training mode in the trainer. However it's valid to train
@@ -257,6 +269,13 @@ class SimpleTrainer(TrainerBase):
         self.optimizer = optimizer
         self.gather_metric_period = gather_metric_period
         self.zero_grad_before_forward = zero_grad_before_forward
+        self.async_write_metrics = async_write_metrics
+        # One worker: metrics are written in the order they were submitted. Its thread
+        # only starts on the first submit.
+        self.concurrent_executor = _metrics_executor()
+        self._pending_metrics: List[concurrent.futures.Future] = []
+        if async_write_metrics:
+            logger.info("Metrics are gathered and written by a background thread (async_write_metrics=True).")
 
     def run_step(self) -> None:
         """Implement the standard training logic described above."""
@@ -274,8 +293,8 @@ class SimpleTrainer(TrainerBase):
         self.after_backward()
 
         # Metrics (and the NaN check) come before the optimizer step, so a non-finite
-        # loss stops training before it can corrupt the weights.
-        self._write_metrics(loss_dict, data_time)
+        # loss stops training before it can corrupt the weights (unless written asynchronously).
+        self._record_metrics(loss_dict, data_time)
 
         self.optimizer.step()
 
@@ -307,6 +326,41 @@ class SimpleTrainer(TrainerBase):
         data_loader = data_loader_builder()
         self.data_loader = data_loader
         self._data_loader_iter_obj = None
+
+    def _record_metrics(self, loss_dict: Mapping[str, torch.Tensor], data_time: float) -> None:
+        """Write this iteration's metrics now, or submit them to the background thread."""
+        if self.async_write_metrics:
+            future = self.concurrent_executor.submit(self._write_metrics, loss_dict, data_time, iter=self.iter)
+            self._pending_metrics.append(future)
+        else:
+            self._write_metrics(loss_dict, data_time)
+
+    def _flush_metrics(self) -> None:
+        """Wait until the metrics submitted so far are in the storage; re-raise their error
+        (e.g. the FloatingPointError of a non-finite loss)."""
+        if not (self.async_write_metrics or self._pending_metrics):
+            return  # nothing runs in the background (and no thread is started)
+        # Also waits for tasks submitted directly to `concurrent_executor`, as detectron2's
+        # run_step does (one worker: FIFO).
+        self.concurrent_executor.submit(lambda: None).result()
+        pending, self._pending_metrics = self._pending_metrics, []
+        for future in pending:
+            future.result()
+
+    def after_step(self) -> None:
+        self._flush_metrics()  # hooks (writers, checkpointing, eval) read the storage
+        super().after_step()
+
+    def after_train(self) -> None:
+        try:
+            self._flush_metrics()
+        except Exception:
+            # Only reached when training already stopped with an error between submitting
+            # and after_step: log this one, the training error propagates.
+            logger.exception("Exception while writing the metrics of the last iteration:")
+        self.concurrent_executor.shutdown(wait=True)
+        self.concurrent_executor = _metrics_executor()  # a later train() gets a fresh one
+        super().after_train()
 
     def _write_metrics(
         self,
@@ -381,6 +435,7 @@ class SimpleTrainer(TrainerBase):
                 storage.put_scalars(cur_iter=cur_iter, **{prefix + k: v for k, v in metrics_dict.items()})
 
     def state_dict(self) -> Dict[str, Any]:
+        self._flush_metrics()
         ret = super().state_dict()
         ret["optimizer"] = self.optimizer.state_dict()
         return ret
@@ -388,6 +443,10 @@ class SimpleTrainer(TrainerBase):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.optimizer.load_state_dict(state_dict["optimizer"])
+
+
+def _metrics_executor() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="d2lite_write_metrics")
 
 
 def _model_device_type(model: torch.nn.Module) -> str:
@@ -420,11 +479,12 @@ class AMPTrainer(SimpleTrainer):
         grad_scaler: Optional[torch.amp.GradScaler] = None,
         precision: Optional[torch.dtype] = None,
         log_grad_scaler: bool = False,
+        async_write_metrics: bool = False,
     ) -> None:
         """
         Args:
-            model, data_loader, optimizer, gather_metric_period, zero_grad_before_forward:
-                same as in :class:`SimpleTrainer`.
+            model, data_loader, optimizer, gather_metric_period, zero_grad_before_forward,
+                async_write_metrics: same as in :class:`SimpleTrainer`.
             grad_scaler: a ``torch.amp.GradScaler`` to scale the loss (CUDA only).
                 Defaults to ``GradScaler("cuda")`` for float16, a disabled one for bfloat16.
             precision: autocast dtype. Defaults to torch.float16 on CUDA and
@@ -437,7 +497,14 @@ class AMPTrainer(SimpleTrainer):
             assert not (model.device_ids and len(model.device_ids) > 1), unsupported
         assert not isinstance(model, DataParallel), unsupported
 
-        super().__init__(model, data_loader, optimizer, gather_metric_period, zero_grad_before_forward)
+        super().__init__(
+            model,
+            data_loader,
+            optimizer,
+            gather_metric_period,
+            zero_grad_before_forward,
+            async_write_metrics=async_write_metrics,
+        )
 
         self.device_type = _model_device_type(model)
         if precision is None:
@@ -487,7 +554,7 @@ class AMPTrainer(SimpleTrainer):
 
         self.after_backward()
 
-        self._write_metrics(loss_dict, data_time)
+        self._record_metrics(loss_dict, data_time)
 
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)

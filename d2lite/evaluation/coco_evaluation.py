@@ -51,7 +51,6 @@ class COCOEvaluator(DatasetEvaluator):
         *,
         max_dets_per_image: Optional[int] = None,
         use_fast_impl: bool = False,
-        kpt_oks_sigmas: Sequence[float] = (),
         allow_cached_coco: bool = True,
     ):
         """
@@ -67,9 +66,9 @@ class COCOEvaluator(DatasetEvaluator):
             max_dets_per_image: the highest-scoring detections per image that COCOeval
                 considers (COCOeval's maxDets become [1, 10, max_dets_per_image]; values
                 below 10 do limit the detections, unlike detectron2). Defaults to 100.
-            use_fast_impl: accepted for detectron2 compatibility; d2lite has no fast
-                (unofficial) implementation and always uses pycocotools.
-            kpt_oks_sigmas: accepted for detectron2 compatibility; unused (no keypoints).
+            use_fast_impl: accepted because detectron2 scripts pass it (e.g. ``False`` to
+                avoid detectron2's "Fast COCO eval is not built" warning); d2lite always
+                uses pycocotools.
             allow_cached_coco: reuse a previously converted COCO json in ``output_dir``.
                 Defaults to True.
         """
@@ -87,8 +86,6 @@ class COCOEvaluator(DatasetEvaluator):
         self._tasks = tuple(tasks)
         if use_fast_impl:
             self._logger.warning("COCOEvaluator: d2lite has no fast COCOeval; using pycocotools.")
-        self._use_fast_impl = False
-        self._kpt_oks_sigmas = tuple(kpt_oks_sigmas)
         if max_dets_per_image is None:
             max_dets_per_image = 100
         if max_dets_per_image < 1:

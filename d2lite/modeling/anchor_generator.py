@@ -2,14 +2,23 @@
 
 import collections.abc
 import math
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from d2lite.config import configurable
+from d2lite.layers import ShapeSpec
 from d2lite.structures import Boxes
+from d2lite.utils.registry import Registry
 
-__all__ = ["DefaultAnchorGenerator", "generate_cell_anchors"]
+__all__ = ["ANCHOR_GENERATOR_REGISTRY", "DefaultAnchorGenerator", "build_anchor_generator", "generate_cell_anchors"]
+
+ANCHOR_GENERATOR_REGISTRY = Registry("ANCHOR_GENERATOR")
+ANCHOR_GENERATOR_REGISTRY.__doc__ = """
+Anchor generators by the name used in ``cfg.MODEL.ANCHOR_GENERATOR.NAME``; each is
+called as ``obj(cfg, input_shape)``.
+"""
 
 
 class BufferList(nn.Module):
@@ -80,6 +89,7 @@ def _create_grid_offsets(
     return shift_x.reshape(-1), shift_y.reshape(-1)
 
 
+@ANCHOR_GENERATOR_REGISTRY.register()
 class DefaultAnchorGenerator(nn.Module):
     """
     Generates anchors on a regular grid of every feature map, as detectron2 does.
@@ -92,6 +102,7 @@ class DefaultAnchorGenerator(nn.Module):
     box_dim: int = 4
     """the dimension of each anchor box (XYXY)."""
 
+    @configurable
     def __init__(
         self,
         *,
@@ -120,6 +131,17 @@ class DefaultAnchorGenerator(nn.Module):
         self.offset = float(offset)
         if not 0.0 <= self.offset < 1.0:
             raise ValueError(f"DefaultAnchorGenerator: offset must be in [0, 1), got {offset}")
+
+    @classmethod
+    def from_config(cls, cfg: Any, input_shape: List[ShapeSpec]) -> Dict[str, Any]:
+        """Arguments from ``cfg.MODEL.ANCHOR_GENERATOR.{SIZES, ASPECT_RATIOS, OFFSET}``; the
+        strides are those of ``input_shape`` (the features the anchors are placed on)."""
+        return {
+            "sizes": cfg.MODEL.ANCHOR_GENERATOR.SIZES,
+            "aspect_ratios": cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS,
+            "strides": [x.stride for x in input_shape],
+            "offset": cfg.MODEL.ANCHOR_GENERATOR.OFFSET,
+        }
 
     @property
     def num_cell_anchors(self) -> List[int]:
@@ -155,3 +177,9 @@ class DefaultAnchorGenerator(nn.Module):
             )
         grid_sizes = [feature_map.shape[-2:] for feature_map in features]
         return [Boxes(x) for x in self._grid_anchors(grid_sizes)]
+
+
+def build_anchor_generator(cfg: Any, input_shape: List[ShapeSpec]) -> nn.Module:
+    """The anchor generator named by ``cfg.MODEL.ANCHOR_GENERATOR.NAME``, for features of
+    shapes ``input_shape`` (their strides are used)."""
+    return ANCHOR_GENERATOR_REGISTRY.get(cfg.MODEL.ANCHOR_GENERATOR.NAME)(cfg, input_shape)

@@ -10,7 +10,14 @@ from fvcore.common.param_scheduler import (
     StepWithFixedGammaParamScheduler,
 )
 
-from .build import get_default_optimizer_params, reduce_param_groups
+from .build import (
+    build_lr_multiplier,
+    build_lr_scheduler,
+    build_optimizer,
+    get_default_optimizer_params,
+    maybe_add_gradient_clipping,
+    reduce_param_groups,
+)
 from .lr_scheduler import (
     FlatCosineParamScheduler,
     LRMultiplier,
@@ -20,6 +27,10 @@ from .lr_scheduler import (
 )
 
 __all__ = [
+    "build_lr_multiplier",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "maybe_add_gradient_clipping",
     "get_default_optimizer_params",
     "reduce_param_groups",
     "LRMultiplier",

@@ -1,13 +1,38 @@
-"""Optimizer parameter groups with per-parameter hyperparameters (detectron2 semantics)."""
+"""Optimizer parameter groups with per-parameter hyperparameters (detectron2 semantics),
+and detectron2's config-driven builders ``build_optimizer`` / ``build_lr_scheduler``.
+
+The builders take explicit keyword arguments; with ``@configurable`` they also accept a
+detectron2-style config as first argument (``build_optimizer(cfg, model)``,
+``build_lr_scheduler(cfg, optimizer)``), which maps ``cfg.SOLVER`` to those arguments.
+LazyConfig files write the optimizer and the lr multiplier directly (see
+``configs/common/optim.py`` and ``configs/common/coco_schedule.py``).
+"""
 
 import copy
 import logging
 from collections import defaultdict
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type, Union
 
 import torch
+from fvcore.common.param_scheduler import (
+    CosineParamScheduler,
+    MultiStepParamScheduler,
+    ParamScheduler,
+    StepWithFixedGammaParamScheduler,
+)
 
-__all__ = ["get_default_optimizer_params", "reduce_param_groups"]
+from d2lite.config import configurable
+
+from .lr_scheduler import LRMultiplier, WarmupParamScheduler
+
+__all__ = [
+    "get_default_optimizer_params",
+    "reduce_param_groups",
+    "build_optimizer",
+    "build_lr_scheduler",
+    "build_lr_multiplier",
+    "maybe_add_gradient_clipping",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -176,3 +201,245 @@ def reduce_param_groups(params: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         cur["params"] = group_params
         ret.append(cur)
     return ret
+
+
+_CLIP_TYPES = ("value", "norm")
+
+
+def _gradient_clipper(clip_type: str, clip_value: float, norm_type: float) -> Callable[[torch.Tensor], None]:
+    if clip_type not in _CLIP_TYPES:
+        raise ValueError(f"Gradient clipping: clip_type must be one of {_CLIP_TYPES}, got {clip_type!r}")
+    if clip_type == "norm":
+        return lambda p: torch.nn.utils.clip_grad_norm_(p, clip_value, norm_type)
+    return lambda p: torch.nn.utils.clip_grad_value_(p, clip_value)
+
+
+def _clip_from_config(cfg: Any, optimizer: Any) -> Dict[str, Any]:
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    return {
+        "optimizer": optimizer,
+        "enabled": clip.ENABLED,
+        "clip_type": clip.CLIP_TYPE,
+        "clip_value": clip.CLIP_VALUE,
+        "norm_type": clip.NORM_TYPE,
+    }
+
+
+@configurable(from_config=_clip_from_config)
+def maybe_add_gradient_clipping(
+    optimizer: Union[torch.optim.Optimizer, Type[torch.optim.Optimizer]],
+    *,
+    enabled: bool,
+    clip_type: str = "value",
+    clip_value: float = 1.0,
+    norm_type: float = 2.0,
+) -> Union[torch.optim.Optimizer, Type[torch.optim.Optimizer]]:
+    """detectron2's per-parameter gradient clipping (``cfg.SOLVER.CLIP_GRADIENTS``).
+
+    If ``enabled``, return a subclass of the optimizer type (or change the class of the
+    given optimizer instance to it) whose ``step`` first clips the gradient of every
+    parameter on its own: "value" clamps each element to [-clip_value, clip_value];
+    "norm" scales each parameter's gradient to a ``norm_type``-norm <= clip_value.
+    (The LazyConfig training tool's ``train.clip_grad`` instead clips the norm of all
+    gradients together; for "value" both are the same.)
+
+    Returns:
+        the optimizer (type or instance), unchanged when not ``enabled``.
+    """
+    if not enabled:
+        return optimizer
+    optimizer_type = type(optimizer) if isinstance(optimizer, torch.optim.Optimizer) else optimizer
+    if not (isinstance(optimizer_type, type) and issubclass(optimizer_type, torch.optim.Optimizer)):
+        raise TypeError(f"maybe_add_gradient_clipping expects a torch Optimizer or its type, got {optimizer!r}")
+    clipper = _gradient_clipper(clip_type, clip_value, norm_type)
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:  # unused or frozen parameters have no gradient
+                    clipper(p)
+        return super(clipped_type, self).step(closure)
+
+    clipped_type = type(optimizer_type.__name__ + "WithGradientClip", (optimizer_type,), {"step": step})
+    if isinstance(optimizer, torch.optim.Optimizer):
+        optimizer.__class__ = clipped_type
+        return optimizer
+    return clipped_type
+
+
+def _optimizer_from_config(cfg: Any, model: torch.nn.Module) -> Dict[str, Any]:
+    s = cfg.SOLVER
+    clip = s.CLIP_GRADIENTS
+    return {
+        "model": model,
+        "base_lr": s.BASE_LR,
+        "momentum": s.MOMENTUM,
+        "nesterov": s.NESTEROV,
+        "weight_decay": s.WEIGHT_DECAY,
+        "weight_decay_norm": s.WEIGHT_DECAY_NORM,
+        "bias_lr_factor": s.BIAS_LR_FACTOR,
+        "weight_decay_bias": s.WEIGHT_DECAY_BIAS,
+        "clip_type": clip.CLIP_TYPE if clip.ENABLED else None,
+        "clip_value": clip.CLIP_VALUE,
+        "norm_type": clip.NORM_TYPE,
+    }
+
+
+@configurable(from_config=_optimizer_from_config)
+def build_optimizer(
+    model: torch.nn.Module,
+    *,
+    base_lr: float,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    weight_decay: float = 1e-4,
+    weight_decay_norm: Optional[float] = 0.0,
+    bias_lr_factor: float = 1.0,
+    weight_decay_bias: Optional[float] = None,
+    clip_type: Optional[str] = None,
+    clip_value: float = 1.0,
+    norm_type: float = 2.0,
+) -> torch.optim.SGD:
+    """SGD over :func:`get_default_optimizer_params` groups, as detectron2's
+    ``build_optimizer(cfg, model)`` (which this also accepts: ``cfg.SOLVER.{BASE_LR,
+    MOMENTUM, NESTEROV, WEIGHT_DECAY, WEIGHT_DECAY_NORM, BIAS_LR_FACTOR,
+    WEIGHT_DECAY_BIAS, CLIP_GRADIENTS}``).
+
+    Args:
+        model: the model whose trainable parameters are optimized.
+        base_lr: learning rate of every group (times ``bias_lr_factor`` for biases).
+        momentum, nesterov, weight_decay: SGD's. Defaults 0.9, False, 1e-4.
+        weight_decay_norm: weight decay of normalization layers' parameters. Defaults to 0.0.
+        bias_lr_factor, weight_decay_bias: lr factor / weight decay of biases. Defaults 1.0, None (same).
+        clip_type: None (no clipping), or "value"/"norm" for detectron2's per-parameter
+            clipping, see :func:`maybe_add_gradient_clipping`.
+        clip_value, norm_type: clipping threshold and norm. Defaults 1.0, 2.0.
+    """
+    params = get_default_optimizer_params(
+        model,
+        base_lr=base_lr,
+        weight_decay_norm=weight_decay_norm,
+        bias_lr_factor=bias_lr_factor,
+        weight_decay_bias=weight_decay_bias,
+    )
+    optimizer_type: Type[torch.optim.Optimizer] = torch.optim.SGD
+    if clip_type is not None:
+        optimizer_type = maybe_add_gradient_clipping(
+            optimizer_type, enabled=True, clip_type=clip_type, clip_value=clip_value, norm_type=norm_type
+        )
+    return optimizer_type(params, lr=base_lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+
+
+_LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR")
+
+
+def build_lr_multiplier(
+    *,
+    name: str = "WarmupMultiStepLR",
+    max_iter: int,
+    steps: Sequence[int] = (),
+    gamma: float = 0.1,
+    end_value: float = 0.0,
+    num_decays: int = 3,
+    warmup_factor: float = 0.001,
+    warmup_iters: int = 1000,
+    warmup_method: str = "linear",
+    rescale_interval: bool = False,
+) -> ParamScheduler:
+    """The lr multiplier (an fvcore ParamScheduler of training progress) of detectron2's
+    named schedules, with warmup.
+
+    Args:
+        name: "WarmupMultiStepLR" (times ``gamma`` at each of ``steps``), "WarmupCosineLR"
+            (half cosine from 1 to ``end_value``) or "WarmupStepWithFixedGammaLR"
+            (``num_decays`` equal steps of ``gamma``).
+        max_iter: length of training in iterations.
+        steps: iterations of the multi-step decays; steps > max_iter are dropped (with a warning).
+        gamma: decay factor. Defaults to 0.1.
+        end_value: WarmupCosineLR's final multiplier (``BASE_LR_END / BASE_LR``), in [0, 1].
+        num_decays: WarmupStepWithFixedGammaLR's number of decays. Defaults to 3.
+        warmup_factor, warmup_iters, warmup_method, rescale_interval: see
+            :class:`WarmupParamScheduler` (``warmup_length = min(warmup_iters / max_iter, 1)``).
+    """
+    if max_iter <= 0:
+        raise ValueError(f"build_lr_multiplier: max_iter (SOLVER.MAX_ITER) must be > 0, got {max_iter}")
+    if name == "WarmupMultiStepLR":
+        kept = [x for x in steps if x <= max_iter]
+        if len(kept) != len(steps):
+            logger.warning(
+                f"SOLVER.STEPS {list(steps)} has values larger than SOLVER.MAX_ITER={max_iter}; they are ignored."
+            )
+        sched: ParamScheduler = MultiStepParamScheduler(
+            values=[gamma**k for k in range(len(kept) + 1)], milestones=kept, num_updates=max_iter
+        )
+    elif name == "WarmupCosineLR":
+        if not 0.0 <= end_value <= 1.0:
+            raise ValueError(
+                f"WarmupCosineLR: the final lr must be in [0, base lr] (SOLVER.BASE_LR_END / SOLVER.BASE_LR = {end_value})"
+            )
+        sched = CosineParamScheduler(1, end_value)
+    elif name == "WarmupStepWithFixedGammaLR":
+        sched = StepWithFixedGammaParamScheduler(
+            base_value=1.0, gamma=gamma, num_decays=num_decays, num_updates=max_iter
+        )
+    else:
+        raise ValueError(f"Unknown LR scheduler (SOLVER.LR_SCHEDULER_NAME): {name!r}; use one of {_LR_SCHEDULERS}")
+    return WarmupParamScheduler(
+        sched, warmup_factor, min(warmup_iters / max_iter, 1.0), warmup_method, rescale_interval
+    )
+
+
+def _lr_scheduler_from_config(cfg: Any, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
+    s = cfg.SOLVER
+    return {
+        "optimizer": optimizer,
+        "name": s.LR_SCHEDULER_NAME,
+        "max_iter": s.MAX_ITER,
+        "steps": s.STEPS,
+        "gamma": s.GAMMA,
+        "end_value": s.BASE_LR_END / s.BASE_LR if s.LR_SCHEDULER_NAME == "WarmupCosineLR" else 0.0,
+        "num_decays": s.NUM_DECAYS,
+        "warmup_factor": s.WARMUP_FACTOR,
+        "warmup_iters": s.WARMUP_ITERS,
+        "warmup_method": s.WARMUP_METHOD,
+        "rescale_interval": s.RESCALE_INTERVAL,
+    }
+
+
+@configurable(from_config=_lr_scheduler_from_config)
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    name: str = "WarmupMultiStepLR",
+    max_iter: int,
+    steps: Sequence[int] = (),
+    gamma: float = 0.1,
+    end_value: float = 0.0,
+    num_decays: int = 3,
+    warmup_factor: float = 0.001,
+    warmup_iters: int = 1000,
+    warmup_method: str = "linear",
+    rescale_interval: bool = False,
+) -> LRMultiplier:
+    """An :class:`LRMultiplier` stepping ``optimizer`` along :func:`build_lr_multiplier`
+    (same arguments), as detectron2's ``build_lr_scheduler(cfg, optimizer)`` (also accepted:
+    ``cfg.SOLVER.{LR_SCHEDULER_NAME, MAX_ITER, STEPS, GAMMA, BASE_LR_END, NUM_DECAYS,
+    WARMUP_*, RESCALE_INTERVAL}``).
+
+    "WarmupMultiStepLR" gives the lr of the legacy :class:`WarmupMultiStepLR` class;
+    "WarmupCosineLR" that of :class:`WarmupCosineLR` after the warmup (during warmup
+    the lr rises linearly to the cosine's value, as in detectron2).
+    """
+    multiplier = build_lr_multiplier(
+        name=name,
+        max_iter=max_iter,
+        steps=steps,
+        gamma=gamma,
+        end_value=end_value,
+        num_decays=num_decays,
+        warmup_factor=warmup_factor,
+        warmup_iters=warmup_iters,
+        warmup_method=warmup_method,
+        rescale_interval=rescale_interval,
+    )
+    return LRMultiplier(optimizer, multiplier=multiplier, max_iter=max_iter)

@@ -1,13 +1,54 @@
-"""Dotted-path lookup of Python objects, used for ``_target_`` strings in configs.
+"""Finding Python objects by name: dotted paths (:func:`locate`) and :class:`Registry`.
 
-d2lite has no registries: a config names a class either by the object itself
-(``L(RetinaNet)(...)``) or by its import path (``"d2lite.modeling.RetinaNet"``).
+A LazyConfig names a class either by the object itself (``L(RetinaNet)(...)``) or by its
+import path (``"d2lite.modeling.RetinaNet"``), and needs no registry. detectron2's YAML
+configs name components by short strings (``META_ARCHITECTURE: "RetinaNet"``,
+``BACKBONE.NAME: "build_retinanet_resnet_fpn_backbone"``); the registries
+``META_ARCH_REGISTRY``, ``BACKBONE_REGISTRY`` and ``ANCHOR_GENERATOR_REGISTRY`` in
+:mod:`d2lite.modeling` map those strings to the builders, as in detectron2.
 """
 
+import difflib
 import importlib
 from typing import Any
 
-__all__ = ["locate"]
+from fvcore.common.registry import Registry as _FvcoreRegistry
+
+__all__ = ["locate", "Registry"]
+
+
+class Registry(_FvcoreRegistry):
+    """fvcore's name -> object registry (detectron2's ``Registry``); an unknown name is a
+    KeyError that lists the registered names.
+
+    Example::
+
+        BACKBONE_REGISTRY = Registry("BACKBONE")
+
+        @BACKBONE_REGISTRY.register()
+        def build_my_backbone(cfg, input_shape): ...
+
+        BACKBONE_REGISTRY.get("build_my_backbone")
+    """
+
+    def get(self, name: str) -> Any:
+        """The object registered as ``name``.
+
+        Raises:
+            KeyError: naming the registry, the unknown name, the closest registered name
+                and all registered names.
+        """
+        ret = self._obj_map.get(name)
+        if ret is None:
+            names = sorted(self._obj_map)
+            close = difflib.get_close_matches(str(name), names, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise KeyError(
+                f"No object named '{name}' found in the '{self._name}' registry.{hint} "
+                f"Registered: {', '.join(names) or 'none'}. Register yours with @{self._name}_REGISTRY.register() "
+                "in a module that is imported before the config is built."
+            )
+        return ret
 
 
 def _convert_target_to_string(t: Any) -> str:

@@ -10,6 +10,7 @@ from torch import nn
 
 from d2lite.checkpoint import DetectionCheckpointer
 from d2lite.checkpoint.catalog import ModelCatalog
+from d2lite.checkpoint.detection_checkpoint import split_load_options
 from d2lite.utils.file_io import DownloadError, PathManager, resolve_model_zoo_url
 
 
@@ -366,3 +367,63 @@ def test_save_disabled_and_checkpoint_listing(tmp_path):
     assert ckpt.get_checkpoint_file().endswith("model_final.pth")
     with pytest.raises(ValueError, match="directory part"):
         ckpt.save("sub/model")
+
+
+# ------------------------------------------------------------ query options of a checkpoint path
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("out/model.pth", ("out/model.pth", {})),
+        ("out/model.pth?matching_heuristics=True", ("out/model.pth", {"matching_heuristics": True})),
+        ("out/model.pth?matching_heuristics=true", ("out/model.pth", {"matching_heuristics": True})),
+        ("out/model.pth?matching_heuristics=False", ("out/model.pth", {"matching_heuristics": False})),
+        ("https://host/m.pth?matching_heuristics=1", ("https://host/m.pth", {"matching_heuristics": True})),
+    ],
+)
+def test_split_load_options(path, expected):
+    assert split_load_options(path) == expected
+
+
+@pytest.mark.parametrize(
+    "query, match",
+    [
+        (
+            "matching_heuristics=True&foo=1&bar=2",
+            r"unsupported query option\(s\) \['bar', 'foo'\].*matching_heuristics",
+        ),
+        ("dl=1", r"unsupported query option\(s\) \['dl'\].*downloaded first"),
+        ("matching_heuristics=yes", r"matching_heuristics='yes' must be True or False"),
+        ("matching_heuristics=True&matching_heuristics=False", r"\['matching_heuristics'\] given more than once"),
+        ("matching_heuristics", r"cannot parse the query"),
+    ],
+)
+def test_bad_query_options_are_errors_naming_them(tmp_path, query, match):
+    model = _randomize(_Detector(), 0)
+    torch.save({"model": model.state_dict()}, tmp_path / "m.pth")
+    path = f"{tmp_path / 'm.pth'}?{query}"
+    with pytest.raises(ValueError, match=match) as exc:
+        DetectionCheckpointer(_Detector()).load(path)
+    assert str(tmp_path / "m.pth") in str(exc.value)
+
+
+def test_query_option_loads_bare_state_dict_and_zoo_pkl(tmp_path):
+    src = _randomize(_Detector(), 0)
+    backbone_sd = src.backbone.bottom_up.state_dict()  # keys lack "backbone.bottom_up."
+    torch.save(backbone_sd, tmp_path / "bare.pth")
+    with open(tmp_path / "zoo.pkl", "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in backbone_sd.items()}, "__author__": "someone"}, f)
+    for name in ("bare.pth", "zoo.pkl"):
+        dst = _randomize(_Detector(), 1)
+        head = dst.head.weight.clone()
+        DetectionCheckpointer(dst).load(f"{tmp_path / name}?matching_heuristics=True")
+        for k, v in backbone_sd.items():
+            assert torch.equal(dst.backbone.bottom_up.state_dict()[k], v), (name, k)
+        assert torch.equal(dst.head.weight, head)
+
+
+def test_local_file_with_question_mark_in_its_name_loads_as_is(tmp_path):
+    src = _randomize(_Detector(), 0)
+    torch.save({"model": src.state_dict()}, tmp_path / "odd?name.pth")
+    dst = _randomize(_Detector(), 1)
+    DetectionCheckpointer(dst).load(str(tmp_path / "odd?name.pth"))
+    _assert_same_state(src, dst)

@@ -1,5 +1,6 @@
 """Load Caffe2/Detectron-style and detectron2-style files into d2lite's real ResNet/FPN/RetinaNet head."""
 
+import logging
 import pickle
 import re
 
@@ -101,3 +102,81 @@ def test_detectron2_zoo_pkl_loads_strictly(tmp_path):
     DetectionCheckpointer(dst).load(str(tmp_path / "model_final.pkl"))
     for k, v in src.state_dict().items():
         assert torch.equal(dst.state_dict()[k], v), k
+
+
+# --------------------------------------- detectron2's "?matching_heuristics=True" path option
+def _zeroed(model):
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            t.zero_()
+    return model
+
+
+def _save_backbone_checkpoint(tmp_path):
+    """A checkpoint of a bare ResNet-18 (keys "stem.conv1.weight", "res2.0.conv1.weight", ...),
+    written by DetectionCheckpointer like any d2lite run's checkpoint."""
+    src = _tiny_retinanet_like().backbone.bottom_up
+    DetectionCheckpointer(src, str(tmp_path)).save("r18_backbone")
+    assert "stem.conv1.weight" in torch.load(tmp_path / "r18_backbone.pth", weights_only=False)["model"]
+    return src
+
+
+def _assert_backbone_loaded(dst, src):
+    for k, v in src.state_dict().items():
+        assert torch.equal(dst.state_dict()[f"backbone.bottom_up.{k}"], v), k
+    # the rest of the detector is not in the file and keeps its values
+    assert all(not v.any() for k, v in dst.state_dict().items() if not k.startswith("backbone.bottom_up."))
+
+
+def test_matching_heuristics_query_loads_a_backbone_into_a_detector(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="d2lite.checkpoint")
+    src = _save_backbone_checkpoint(tmp_path)
+    path = str(tmp_path / "r18_backbone.pth")
+
+    dst = _zeroed(_tiny_retinanet_like())
+    DetectionCheckpointer(dst).load(path)  # without the option: names differ by prefix, no weight loads
+    assert all(not v.any() for v in dst.parameters())
+    assert "backbone.bottom_up.stem.conv1.weight" in caplog.text  # reported as missing
+
+    DetectionCheckpointer(dst).load(path + "?matching_heuristics=True")
+    _assert_backbone_loaded(dst, src)
+    assert "matched with submodule backbone.bottom_up" in caplog.text
+
+
+def test_matching_heuristics_query_through_resume_or_load(tmp_path):
+    """The train tool loads train.init_checkpoint with resume_or_load."""
+    src = _save_backbone_checkpoint(tmp_path)
+    dst = _zeroed(_tiny_retinanet_like())
+    out = tmp_path / "run"  # no last_checkpoint there: init_checkpoint is loaded
+    DetectionCheckpointer(dst, str(out)).resume_or_load(
+        str(tmp_path / "r18_backbone.pth") + "?matching_heuristics=True", resume=True
+    )
+    _assert_backbone_loaded(dst, src)
+
+
+def test_matching_heuristics_query_through_a_registered_path_handler(tmp_path):
+    from iopath.common.file_io import PathHandler
+
+    from d2lite.utils.file_io import PathManager
+
+    class _Store(PathHandler):
+        PREFIX = "d2lite-test-store://"
+
+        def _get_supported_prefixes(self):
+            return [self.PREFIX]
+
+        def _get_local_path(self, path, **kwargs):
+            assert "?" not in path, path  # the query never reaches the handler
+            return str(tmp_path / path[len(self.PREFIX) :])
+
+        def _open(self, path, mode="r", **kwargs):
+            return open(self._get_local_path(path), mode)
+
+    src = _save_backbone_checkpoint(tmp_path)
+    PathManager.register_handler(_Store())
+    try:
+        dst = _zeroed(_tiny_retinanet_like())
+        DetectionCheckpointer(dst).load("d2lite-test-store://r18_backbone.pth?matching_heuristics=True")
+        _assert_backbone_loaded(dst, src)
+    finally:
+        del PathManager._path_handlers[_Store.PREFIX]  # iopath has no unregister

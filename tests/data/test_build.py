@@ -202,3 +202,66 @@ def test_aspect_ratio_grouped_dataset():
     data = [{"width": w, "height": h, "i": i} for i, (w, h) in enumerate([(4, 2), (2, 4), (4, 2), (3, 3), (5, 1)])]
     batches = list(AspectRatioGroupedDataset(data, 2))
     assert [[d["i"] for d in b] for b in batches] == [[0, 2], [1, 3]]
+
+
+def _yaml_cfg(train_name, **overrides):
+    from d2lite.config import get_cfg
+
+    cfg = get_cfg()
+    opts = {
+        "DATASETS.TRAIN": f"('{train_name}',)",
+        "SOLVER.IMS_PER_BATCH": "2",
+        "DATALOADER.NUM_WORKERS": "0",
+        "DATALOADER.ASPECT_RATIO_GROUPING": "False",
+        "INPUT.MIN_SIZE_TRAIN": "(32,)",
+        "INPUT.MAX_SIZE_TRAIN": "64",
+        "INPUT.MIN_SIZE_TEST": "24",
+        "INPUT.MAX_SIZE_TEST": "100",
+        "SEED": "3",
+        **overrides,
+    }
+    cfg.merge_from_list([x for kv in opts.items() for x in kv])
+    return cfg
+
+
+def test_loaders_from_a_yaml_config(coco_fixture, register):
+    """build_detection_train_loader(cfg) / build_detection_test_loader(cfg, name), as detectron2's."""
+    json_file, image_root = coco_fixture
+    name = register("tmp_build_cfg", json_file=json_file, image_root=image_root)
+    cfg = _yaml_cfg(name)
+    batches = list(itertools.islice(build_detection_train_loader(cfg), 3))
+    for batch in batches:
+        assert len(batch) == 2  # SOLVER.IMS_PER_BATCH
+        for d in batch:
+            assert min(d["image"].shape[1:]) == 32 and "instances" in d  # INPUT.MIN_SIZE_TRAIN
+    ids = [d["image_id"] for b in batches for d in b]
+    assert set(ids) == {3, 7}  # FILTER_EMPTY_ANNOTATIONS drops the image without boxes
+    # SEED fixes the sampler's order
+    again = [d["image_id"] for b in itertools.islice(build_detection_train_loader(cfg), 3) for d in b]
+    assert again == ids
+    # keywords that from_config does not take override its result
+    loader = build_detection_train_loader(cfg, total_batch_size=1)
+    assert len(next(iter(loader))) == 1
+    custom = build_detection_train_loader(cfg, mapper=_mapper())
+    assert min(next(iter(custom))[0]["image"].shape[1:]) == 32
+
+    test = list(build_detection_test_loader(cfg, name))
+    assert [b[0]["image_id"] for b in test] == [3, 7, 11]  # every image, one per batch
+    assert min(test[1][0]["image"].shape[1:]) == 24 and "instances" not in test[1][0]
+
+
+def test_training_samplers_from_a_yaml_config(coco_fixture, register):
+    from d2lite.data.samplers import RepeatFactorTrainingSampler
+
+    json_file, image_root = coco_fixture
+    name = register("tmp_build_cfg_sampler", json_file=json_file, image_root=image_root)
+    args = build_mod._train_loader_from_config(_yaml_cfg(name))
+    assert isinstance(args["sampler"], TrainingSampler) and isinstance(args["mapper"], DatasetMapper)
+    assert (args["total_batch_size"], args["num_workers"], args["aspect_ratio_grouping"]) == (2, 0, False)
+    cfg = _yaml_cfg(name, **{"DATALOADER.SAMPLER_TRAIN": "RepeatFactorTrainingSampler"})
+    cfg.merge_from_list(["DATALOADER.REPEAT_THRESHOLD", "1.0"])
+    assert isinstance(build_mod._train_loader_from_config(cfg)["sampler"], RepeatFactorTrainingSampler)
+    assert len(next(iter(build_detection_train_loader(cfg)))) == 2
+    cfg.merge_from_list(["DATALOADER.SAMPLER_TRAIN", "WeightedTrainingSampler"])
+    with pytest.raises(ValueError, match="DATALOADER.SAMPLER_TRAIN='WeightedTrainingSampler'"):
+        build_detection_train_loader(cfg)

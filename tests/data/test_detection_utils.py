@@ -108,3 +108,56 @@ def test_build_augmentation():
     assert len(utils.build_augmentation(True, random_flip="none")) == 1
     with pytest.raises(ValueError, match="random_flip"):
         utils.build_augmentation(True, random_flip="diagonal")
+
+
+# ------------------------------------------------------------ gen_crop_transform_with_instance
+def _xyxy(x0, y0, x1, y1):
+    return {"bbox": [x0, y0, x1, y1], "bbox_mode": BoxMode.XYXY_ABS}
+
+
+@pytest.mark.parametrize(
+    "crop_size, image_size, instance, x_range, y_range",
+    [
+        # centre (12.5, 22.5): x0 in [max(ceil(12.5 - 40), 0), min(80 - 40, floor(12.5))] = [0, 12]
+        #                      y0 in [max(ceil(22.5 - 30), 0), min(100 - 30, floor(22.5))] = [0, 22]
+        ((30, 40), (100, 80), {"bbox": [10, 20, 5, 5], "bbox_mode": BoxMode.XYWH_ABS}, (0, 12), (0, 22)),
+        # centre (97.5, 55) near the right edge: x0 in [ceil(77.5), min(80, 97)] = [78, 80]; y0 in [35, 55]
+        ((20, 20), (100, 100), _xyxy(95, 50, 100, 60), (78, 80), (35, 55)),
+        # crop as large as the image: one position
+        ((10, 12), (10, 12), _xyxy(2, 3, 4, 5), (0, 0), (0, 0)),
+        # centre on the image border (x = 64): the crop ends there
+        ((8, 8), (48, 64), _xyxy(60, 10, 68, 20), (56, 56), (7, 15)),
+    ],
+)
+def test_gen_crop_transform_with_instance_keeps_the_centre(crop_size, image_size, instance, x_range, y_range):
+    box = BoxMode.convert(instance["bbox"], instance["bbox_mode"], BoxMode.XYXY_ABS)
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    np.random.seed(0)
+    xs, ys = set(), set()
+    for _ in range(400):
+        t = utils.gen_crop_transform_with_instance(crop_size, image_size, instance)
+        assert isinstance(t, T.CropTransform)
+        assert (t.h, t.w) == tuple(crop_size)
+        assert t.x0 <= cx <= t.x0 + t.w and t.y0 <= cy <= t.y0 + t.h  # the centre stays inside
+        assert 0 <= t.x0 <= image_size[1] - t.w and 0 <= t.y0 <= image_size[0] - t.h
+        xs.add(t.x0)
+        ys.add(t.y0)
+    # every allowed position is drawn (uniformly, like detectron2's np.random.randint)
+    assert xs == set(range(x_range[0], x_range[1] + 1))
+    assert ys == set(range(y_range[0], y_range[1] + 1))
+
+
+def test_gen_crop_transform_with_instance_draws_y_then_x():
+    np.random.seed(3)
+    t = utils.gen_crop_transform_with_instance((30, 40), (100, 80), _xyxy(10, 20, 15, 25))
+    rng = np.random.RandomState(3)
+    y0 = rng.randint(0, 22 + 1)  # ranges as in the test above
+    x0 = rng.randint(0, 12 + 1)
+    assert (t.x0, t.y0) == (x0, y0)
+
+
+def test_gen_crop_transform_with_instance_errors():
+    with pytest.raises(ValueError, match=r"crop size \(h, w\) = \(120, 40\).*\(h, w\) = \(100, 80\)"):
+        utils.gen_crop_transform_with_instance((120, 40), (100, 80), _xyxy(0, 0, 10, 10))
+    with pytest.raises(ValueError, match=r"centre \(x, y\) = \(105.0, 5.0\).*outside the image"):
+        utils.gen_crop_transform_with_instance((10, 10), (100, 80), _xyxy(100, 0, 110, 10))

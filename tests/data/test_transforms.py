@@ -183,6 +183,21 @@ def test_random_apply():
         T.RandomApply(T.RandomFlip(), prob=1.5)
 
 
+@pytest.mark.parametrize("first", [T.RandomFlip(), T.HFlipTransform(20), "not an augmentation", None])
+@pytest.mark.parametrize(
+    "prob, error", [(1.5, ValueError), (-0.1, ValueError), (float("nan"), ValueError), ("0.5", TypeError)]
+)
+def test_random_apply_checks_prob_before_the_transform(first, prob, error):
+    # detectron2 documents prob in [0, 1]; the probability is reported whatever the first argument is
+    with pytest.raises(error, match="RandomApply: probability must be"):
+        T.RandomApply(first, prob=prob)
+
+
+def test_random_apply_bad_transform_with_good_prob():
+    with pytest.raises(TypeError, match="Transform or an Augmentation"):
+        T.RandomApply("not an augmentation", prob=0.5)
+
+
 def test_extent_transform():
     t = T.ExtentTransform(src_rect=(0, 0, 100, 50), output_size=(25, 50))
     np.testing.assert_allclose(t.apply_coords(np.array([[10.0, 20.0], [100.0, 50.0]])), [[5, 10], [50, 25]])

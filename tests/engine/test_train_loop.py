@@ -1,3 +1,6 @@
+import json
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -284,3 +287,141 @@ def test_two_stateful_hooks_of_one_type_rejected_at_registration():
         trainer.register_hooks([hooks.LRScheduler(scheduler=torch.optim.lr_scheduler.StepLR(opt, 1))])
     # stateless hooks may repeat
     trainer.register_hooks([hooks.IterationTimer(), hooks.IterationTimer()])
+
+
+# ------------------------------------------------------------------ async_write_metrics
+_TIMING = ("data_time", "rank_data_time", "time")
+
+
+def _metrics_run(tmp_path, trainer_cls=SimpleTrainer, name="run", **kwargs):
+    """Train _Model 6 iterations with an LR schedule, per-iteration JSON writing and
+    checkpointing; return the metrics.json lines (timings dropped), the storage
+    histories seen by an after_train hook, and the final weights."""
+    from d2lite.checkpoint import DetectionCheckpointer
+    from d2lite.utils.events import JSONWriter
+
+    torch.manual_seed(0)
+    model = _Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    data = [[float(i), 1.0 + i / 3] for i in range(6)]
+    trainer = trainer_cls(model, _loader(data), opt, **kwargs)
+    seen = {}
+    out = tmp_path / name
+    trainer.register_hooks(
+        [
+            hooks.LRScheduler(scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)),
+            hooks.PeriodicCheckpointer(DetectionCheckpointer(model, str(out), trainer=trainer), period=2),
+            hooks.PeriodicWriter([JSONWriter(str(out / "metrics.json"), window_size=2)], period=1),
+            hooks.CallbackHook(
+                after_train=lambda t: seen.update(
+                    {k: [v for v, _ in h.values()] for k, h in t.storage.histories().items() if k not in _TIMING}
+                )
+            ),
+        ]
+    )
+    trainer.train(0, 6)
+    lines = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    lines = [{k: v for k, v in line.items() if k not in _TIMING} for line in lines]
+    ckpt = torch.load(out / "model_0000003.pth", weights_only=False)
+    return lines, seen, model.w.detach().clone(), ckpt
+
+
+@pytest.mark.parametrize("trainer_cls", [SimpleTrainer, AMPTrainer])
+def test_async_write_metrics_gives_the_same_results_as_synchronous(tmp_path, trainer_cls):
+    sync = _metrics_run(tmp_path, trainer_cls, "sync")
+    asyn = _metrics_run(tmp_path, trainer_cls, "async", async_write_metrics=True)
+    assert sync[0] == asyn[0] and len(sync[0]) == 6  # metrics.json, line by line
+    assert [line["iteration"] for line in asyn[0]] == list(range(6))
+    assert all("total_loss" in line and "loss_a" in line and "lr" in line for line in asyn[0])
+    assert sync[1] == asyn[1] and len(asyn[1]["total_loss"]) == 6  # what after_train hooks see
+    assert torch.equal(sync[2], asyn[2])  # the weights
+    assert sync[3]["iteration"] == asyn[3]["iteration"] == 3
+    assert torch.equal(sync[3]["model"]["w"], asyn[3]["model"]["w"])
+
+
+class _ObservedTrainer(SimpleTrainer):
+    """Records where and when the metrics are written; the write waits (up to 5 s) for the
+    optimizer step of its iteration, which only returns in time if the write runs
+    concurrently with it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stepped = threading.Event()
+        self.writes = []
+        step = self.optimizer.step
+
+        def observed_step(*a, **k):
+            out = step(*a, **k)
+            self.stepped.set()
+            return out
+
+        self.optimizer.step = observed_step
+
+    def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
+        overlapped = self.stepped.wait(timeout=5.0 if self.async_write_metrics else 0.0)
+        self.writes.append((threading.current_thread().name, overlapped, iter))
+        super()._write_metrics(loss_dict, data_time, prefix, iter)
+
+    def run_step(self):
+        self.stepped.clear()
+        super().run_step()
+
+
+def test_async_metrics_are_written_in_the_background_and_flushed_before_hooks():
+    model = _Model()
+    trainer = _ObservedTrainer(
+        model, _loader([[1.0, 1.0]] * 3), torch.optim.SGD(model.parameters(), lr=0.1), async_write_metrics=True
+    )
+    seen = []
+    trainer.register_hooks([hooks.CallbackHook(after_step=lambda t: seen.append(t.storage.latest()["total_loss"][1]))])
+    trainer.train(0, 3)
+    assert [(name.startswith("d2lite_write_metrics"), overlapped, it) for name, overlapped, it in trainer.writes] == [
+        (True, True, 0),
+        (True, True, 1),
+        (True, True, 2),
+    ]
+    assert seen == [0, 1, 2]  # each after_step hook already saw its iteration's loss
+
+    sync = _ObservedTrainer(model, _loader([[1.0, 1.0]]), torch.optim.SGD(model.parameters(), lr=0.1))
+    sync.train(0, 1)
+    assert sync.writes == [("MainThread", False, None)]  # default: written before the optimizer step
+
+
+def test_async_nan_loss_raises_naming_the_iteration():
+    log = []
+    model = _Model()
+    trainer = SimpleTrainer(
+        model,
+        _loader([[1.0, 1.0], [1.0, 1.0], [float("nan"), 1.0]]),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        async_write_metrics=True,
+    )
+    trainer.register_hooks([_RecordingHook(log)])
+    with pytest.raises(FloatingPointError, match=r"Loss became infinite or NaN at iteration=2!"):
+        trainer.train(0, 5)
+    assert ("after_step", 2) not in log and log[-1] == ("after_train", 2)
+
+
+def test_async_error_of_a_pending_write_does_not_hide_the_training_error(caplog):
+    model = _Model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def failing_step(*args, **kwargs):
+        raise RuntimeError("optimizer failed")
+
+    opt.step = failing_step
+    trainer = SimpleTrainer(model, _loader([[float("nan"), 1.0]]), opt, async_write_metrics=True)
+    with pytest.raises(RuntimeError, match="optimizer failed"):
+        trainer.train(0, 1)
+    assert "Exception while writing the metrics of the last iteration" in caplog.text
+    assert "FloatingPointError" in caplog.text
+
+
+def test_async_trainer_trains_again_after_train():
+    model = _Model()
+    trainer = SimpleTrainer(
+        model, _loader([[1.0, 1.0]] * 4), torch.optim.SGD(model.parameters(), lr=0.1), async_write_metrics=True
+    )
+    trainer.train(0, 2)
+    trainer.train(2, 4)  # the executor shut down by after_train was replaced
+    assert [it for _, it in trainer.storage.history("total_loss").values()] == [2, 3]

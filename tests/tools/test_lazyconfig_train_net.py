@@ -222,3 +222,58 @@ def test_bad_command_lines_exit_with_one_line_reason(args, expected):
     assert "Traceback" not in proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(error_lines) == 1 and expected in error_lines[0], proc.stderr
+
+
+_TIMINGS = ("time", "data_time", "rank_data_time", "eta_seconds")
+
+
+def _metrics_without_timings(out):
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in _TIMINGS} for row in rows]
+
+
+def test_async_write_metrics_writes_the_same_metrics(trained_run, tmp_path):
+    """train.async_write_metrics=True (losses written by a background thread): metrics.json
+    equals that of the synchronous run (trained_run), timings aside."""
+    out = tmp_path / "async"
+    proc = run_tool(
+        "lazyconfig_train_net.py",
+        "--config-file",
+        QUICK_CONFIG,
+        *SHORT,
+        "train.async_write_metrics=True",
+        f"train.output_dir={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "written by a background thread" in proc.stdout + proc.stderr
+    assert "written by a background thread" not in trained_run[1]
+    rows = _metrics_without_timings(out)
+    assert rows == _metrics_without_timings(trained_run[0])
+    assert [row["iteration"] for row in rows if "total_loss" in row] == [0, 1, 2, 3]
+    assert [row["iteration"] for row in rows if "bbox/AP" in row] == [4]
+
+
+def test_init_checkpoint_with_matching_heuristics(trained_run, tmp_path):
+    """train.init_checkpoint=...?matching_heuristics=True loads a checkpoint whose names
+    differ by a prefix (here "backbone." dropped) by suffix matching: same AP as the original."""
+    out, console = trained_run
+    model = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)["model"]
+    renamed = {k.removeprefix("backbone."): v for k, v in model.items()}
+    assert "bottom_up.stem.conv1.weight" in renamed and "head.cls_score.weight" in renamed
+    torch.save({"model": renamed}, tmp_path / "renamed.pth")
+    common = ["--config-file", QUICK_CONFIG, "--eval-only", "dataloader.test.num_workers=0"]
+    proc = run_tool(
+        "lazyconfig_train_net.py",
+        *common,
+        f"train.init_checkpoint={tmp_path / 'renamed.pth'}?matching_heuristics=True",
+        f"train.output_dir={tmp_path / 'eval'}",
+        "model.test_score_thresh=0.0",
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "not found in the checkpoint" not in proc.stdout + proc.stderr
+    assert _bbox_ap(proc.stdout + proc.stderr) == pytest.approx(_bbox_ap(console), abs=1e-3)
+    # an unknown option stops before any work, with a one-line reason naming it
+    proc = run_tool("lazyconfig_train_net.py", *common, f"train.init_checkpoint={tmp_path / 'renamed.pth'}?strict=0")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and "train.init_checkpoint" in error_lines[0] and "'strict'" in error_lines[0]

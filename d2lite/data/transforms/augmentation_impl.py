@@ -4,6 +4,7 @@ Sizes are ``(height, width)`` in pixels unless the argument name says otherwise.
 """
 
 import logging
+import numbers
 import sys
 from typing import Sequence, Tuple, Union
 
@@ -42,13 +43,21 @@ logger = logging.getLogger(__name__)
 
 
 class RandomApply(Augmentation):
-    """Apply the wrapped transform/augmentation with probability ``prob``."""
+    """Apply the wrapped transform/augmentation with probability ``prob``.
+
+    Args:
+        tfm_or_aug: a :class:`Transform` (applied as is) or an :class:`Augmentation`.
+        prob: probability in [0, 1] of applying it. Checked first, so a bad
+            probability is reported as such whatever ``tfm_or_aug`` is. Defaults to 0.5.
+    """
 
     def __init__(self, tfm_or_aug: Union[Transform, Augmentation], prob: float = 0.5):
         super().__init__()
-        self.aug = _transform_to_aug(tfm_or_aug)
-        if not 0.0 <= prob <= 1.0:
+        if isinstance(prob, bool) or not isinstance(prob, numbers.Real):
+            raise TypeError(f"RandomApply: probability must be a number in [0, 1], got {prob!r}.")
+        if not 0.0 <= prob <= 1.0:  # also rejects NaN
             raise ValueError(f"RandomApply: probability must be in [0, 1], got {prob}.")
+        self.aug = _transform_to_aug(tfm_or_aug)
         self.prob = prob
 
     def get_transform(self, *args) -> Transform:

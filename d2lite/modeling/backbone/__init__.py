@@ -1,10 +1,21 @@
-"""Backbones: ResNet and FPN with detectron2's names."""
+"""Backbones: ResNet and FPN with detectron2's names, and their YAML-config builders."""
 
 from .backbone import Backbone
-from .fpn import FPN, LastLevelMaxPool, LastLevelP6P7
-from .resnet import BasicBlock, BasicStem, BottleneckBlock, CNNBlockBase, ResNet, ResNetBlockBase, make_stage
+from .build import BACKBONE_REGISTRY, build_backbone
+from .fpn import FPN, LastLevelMaxPool, LastLevelP6P7, build_resnet_fpn_backbone, build_retinanet_resnet_fpn_backbone
+from .resnet import (
+    BasicBlock,
+    BasicStem,
+    BottleneckBlock,
+    CNNBlockBase,
+    ResNet,
+    ResNetBlockBase,
+    build_resnet_backbone,
+    make_stage,
+)
 
 __all__ = [
+    "BACKBONE_REGISTRY",
     "Backbone",
     "BasicBlock",
     "BasicStem",
@@ -15,5 +26,9 @@ __all__ = [
     "LastLevelP6P7",
     "ResNet",
     "ResNetBlockBase",
+    "build_backbone",
+    "build_resnet_backbone",
+    "build_resnet_fpn_backbone",
+    "build_retinanet_resnet_fpn_backbone",
     "make_stage",
 ]

@@ -1,17 +1,25 @@
 """Feature Pyramid Network (Lin et al.) with detectron2's module names."""
 
 import math
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch.nn.functional as F
 from fvcore.nn import weight_init
 from torch import Tensor, nn
 
-from d2lite.layers import Conv2d, get_norm
+from d2lite.layers import Conv2d, ShapeSpec, get_norm
 
 from .backbone import Backbone
+from .build import BACKBONE_REGISTRY
+from .resnet import build_resnet_backbone
 
-__all__ = ["FPN", "LastLevelMaxPool", "LastLevelP6P7"]
+__all__ = [
+    "FPN",
+    "LastLevelMaxPool",
+    "LastLevelP6P7",
+    "build_resnet_fpn_backbone",
+    "build_retinanet_resnet_fpn_backbone",
+]
 
 
 class LastLevelMaxPool(nn.Module):
@@ -198,3 +206,40 @@ class FPN(Backbone):
             results.extend(self.top_block(top_block_in_feature))
         assert len(self._out_features) == len(results)
         return dict(zip(self._out_features, results))
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_fpn_backbone(cfg: Any, input_shape: ShapeSpec) -> FPN:
+    """FPN (``cfg.MODEL.FPN``) on :func:`build_resnet_backbone`, with a P6 made by
+    :class:`LastLevelMaxPool` (the Faster/Mask R-CNN layout)."""
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_retinanet_resnet_fpn_backbone(cfg: Any, input_shape: ShapeSpec) -> FPN:
+    """FPN (``cfg.MODEL.FPN``) on :func:`build_resnet_backbone`, with P6/P7 made from C5 by
+    :class:`LastLevelP6P7` (RetinaNet's layout, P3-P7)."""
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    shapes = bottom_up.output_shape()
+    if "res5" not in shapes:
+        raise ValueError(
+            f"build_retinanet_resnet_fpn_backbone feeds res5 to P6/P7, but MODEL.RESNETS.OUT_FEATURES="
+            f"{list(cfg.MODEL.RESNETS.OUT_FEATURES)} has no 'res5'"
+        )
+    out_channels = cfg.MODEL.FPN.OUT_CHANNELS
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(shapes["res5"].channels, out_channels),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )

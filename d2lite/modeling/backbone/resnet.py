@@ -1,6 +1,6 @@
 """ResNet (18/34/50/101/152) with detectron2's module and parameter names."""
 
-from typing import Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional, Type
 
 import numpy as np
 import torch
@@ -8,11 +8,21 @@ import torch.nn.functional as F
 from fvcore.nn import weight_init
 from torch import Tensor, nn
 
-from d2lite.layers import CNNBlockBase, Conv2d, get_norm
+from d2lite.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
 
 from .backbone import Backbone
+from .build import BACKBONE_REGISTRY
 
-__all__ = ["CNNBlockBase", "ResNetBlockBase", "BasicStem", "BasicBlock", "BottleneckBlock", "ResNet", "make_stage"]
+__all__ = [
+    "CNNBlockBase",
+    "ResNetBlockBase",
+    "BasicStem",
+    "BasicBlock",
+    "BottleneckBlock",
+    "ResNet",
+    "make_stage",
+    "build_resnet_backbone",
+]
 
 ResNetBlockBase = CNNBlockBase  # detectron2's older name
 
@@ -383,3 +393,73 @@ class ResNet(Backbone):
 def make_stage(*args, **kwargs) -> List[CNNBlockBase]:
     """Alias of :meth:`ResNet.make_stage`, kept for detectron2 compatibility."""
     return ResNet.make_stage(*args, **kwargs)
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_backbone(cfg: Any, input_shape: ShapeSpec) -> ResNet:
+    """A :class:`ResNet` from ``cfg.MODEL.RESNETS`` and ``cfg.MODEL.BACKBONE.FREEZE_AT``
+    (detectron2's layout: stem, then res2..res5 whose widths double at each stage).
+
+    Args:
+        cfg: a config from :func:`d2lite.config.get_cfg`.
+        input_shape: shape of the input images (its channels feed the stem).
+
+    Raises:
+        ValueError: naming the key, for settings d2lite cannot build (deformable convs)
+            or that the depth does not allow (e.g. R18/R34 with RES2_OUT_CHANNELS != 64).
+    """
+    r = cfg.MODEL.RESNETS
+    norm = r.NORM
+    depth = r.DEPTH
+    num_blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+    if depth not in num_blocks:
+        raise ValueError(f"MODEL.RESNETS.DEPTH must be one of {sorted(num_blocks)}, got {depth}")
+    if r.RES5_DILATION not in (1, 2):
+        raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {r.RES5_DILATION}")
+    if any(r.DEFORM_ON_PER_STAGE):
+        raise ValueError(
+            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE={list(r.DEFORM_ON_PER_STAGE)}: d2lite has no deformable "
+            "convolutions; set it to [False, False, False, False]"
+        )
+    if depth in (18, 34):
+        for key, value, wanted in (
+            ("RES2_OUT_CHANNELS", r.RES2_OUT_CHANNELS, 64),
+            ("RES5_DILATION", r.RES5_DILATION, 1),
+        ):
+            if value != wanted:
+                raise ValueError(f"MODEL.RESNETS.{key} must be {wanted} for R{depth}, got {value}")
+        if r.NUM_GROUPS != 1:
+            raise ValueError(f"MODEL.RESNETS.NUM_GROUPS must be 1 for R{depth}, got {r.NUM_GROUPS}")
+
+    stem = BasicStem(in_channels=input_shape.channels, out_channels=r.STEM_OUT_CHANNELS, norm=norm)
+    in_channels = r.STEM_OUT_CHANNELS
+    out_channels = r.RES2_OUT_CHANNELS
+    bottleneck_channels = r.NUM_GROUPS * r.WIDTH_PER_GROUP
+    stages = []
+    for idx, stage_idx in enumerate(range(2, 6)):
+        # res5_dilation is used this way as a convention in R-FCN and Deformable Conv.
+        dilation = r.RES5_DILATION if stage_idx == 5 else 1
+        first_stride = 1 if idx == 0 or (stage_idx == 5 and dilation == 2) else 2
+        n = num_blocks[depth][idx]
+        stage_kwargs: Dict[str, Any] = {
+            "num_blocks": n,
+            "stride_per_block": [first_stride] + [1] * (n - 1),
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "norm": norm,
+        }
+        if depth in (18, 34):
+            stage_kwargs["block_class"] = BasicBlock
+        else:
+            stage_kwargs.update(
+                block_class=BottleneckBlock,
+                bottleneck_channels=bottleneck_channels,
+                stride_in_1x1=r.STRIDE_IN_1X1,
+                dilation=dilation,
+                num_groups=r.NUM_GROUPS,
+            )
+        stages.append(ResNet.make_stage(**stage_kwargs))
+        in_channels = out_channels
+        out_channels *= 2
+        bottleneck_channels *= 2
+    return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)

@@ -2,20 +2,22 @@
 
 import logging
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from d2lite.config import configurable
 from d2lite.layers import ShapeSpec, batched_nms, cat, get_norm, sigmoid_focal_loss
 from d2lite.structures import Boxes, ImageList, Instances, pairwise_iou
 from d2lite.utils.events import get_event_storage
 
-from ..anchor_generator import DefaultAnchorGenerator
-from ..backbone import Backbone
+from ..anchor_generator import DefaultAnchorGenerator, build_anchor_generator
+from ..backbone import Backbone, build_backbone
 from ..box_regression import Box2BoxTransform, _dense_box_regression_loss
 from ..matcher import Matcher
+from .build import META_ARCH_REGISTRY
 from .dense_detector import DenseDetector, permute_to_N_HWA_K  # noqa: F401 (detectron2 also exposes it here)
 
 __all__ = ["RetinaNet", "RetinaNetHead"]
@@ -23,6 +25,7 @@ __all__ = ["RetinaNet", "RetinaNetHead"]
 logger = logging.getLogger(__name__)
 
 
+@META_ARCH_REGISTRY.register()
 class RetinaNet(DenseDetector):
     """
     RetinaNet: backbone (e.g. ResNet-FPN P3-P7) + shared classification/box subnets on
@@ -33,6 +36,7 @@ class RetinaNet(DenseDetector):
     "num_pos_anchors" (per image) to the event storage.
     """
 
+    @configurable
     def __init__(
         self,
         *,
@@ -119,6 +123,47 @@ class RetinaNet(DenseDetector):
         # is not too small works as the initial value.
         self.loss_normalizer = 100
         self.loss_normalizer_momentum = 0.9
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Dict[str, Any]:
+        """Arguments from a detectron2-style config: the backbone from
+        ``cfg.MODEL.BACKBONE.NAME``, the head and anchors on ``MODEL.RETINANET.IN_FEATURES``,
+        the rest from ``MODEL.RETINANET``, ``MODEL.PIXEL_{MEAN,STD}``,
+        ``TEST.DETECTIONS_PER_IMAGE``, ``VIS_PERIOD`` and ``INPUT.FORMAT``."""
+        backbone = build_backbone(cfg)
+        backbone_shape = backbone.output_shape()
+        missing = [f for f in cfg.MODEL.RETINANET.IN_FEATURES if f not in backbone_shape]
+        if missing:
+            raise ValueError(
+                f"MODEL.RETINANET.IN_FEATURES has {missing}, which the backbone ({cfg.MODEL.BACKBONE.NAME}) "
+                f"does not produce; it outputs {list(backbone_shape)}"
+            )
+        feature_shapes = [backbone_shape[f] for f in cfg.MODEL.RETINANET.IN_FEATURES]
+        r = cfg.MODEL.RETINANET
+        return {
+            "backbone": backbone,
+            "head": RetinaNetHead(cfg, feature_shapes),
+            "anchor_generator": build_anchor_generator(cfg, feature_shapes),
+            "box2box_transform": Box2BoxTransform(weights=r.BBOX_REG_WEIGHTS),
+            "anchor_matcher": Matcher(r.IOU_THRESHOLDS, r.IOU_LABELS, allow_low_quality_matches=True),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "num_classes": r.NUM_CLASSES,
+            "head_in_features": r.IN_FEATURES,
+            # Loss parameters:
+            "focal_loss_alpha": r.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": r.FOCAL_LOSS_GAMMA,
+            "smooth_l1_beta": r.SMOOTH_L1_LOSS_BETA,
+            "box_reg_loss_type": r.BBOX_REG_LOSS_TYPE,
+            # Inference parameters:
+            "test_score_thresh": r.SCORE_THRESH_TEST,
+            "test_topk_candidates": r.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": r.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            # Visualization:
+            "vis_period": cfg.VIS_PERIOD,
+            "input_format": cfg.INPUT.FORMAT,
+        }
 
     def forward_training(
         self,
@@ -284,6 +329,7 @@ class RetinaNetHead(nn.Module):
     ``bbox_pred`` 3x3 convs.
     """
 
+    @configurable
     def __init__(
         self,
         *,
@@ -344,6 +390,26 @@ class RetinaNetHead(nn.Module):
         # huge number of background anchors from dominating the first iterations.
         bias_value = -(math.log((1 - prior_prob) / prior_prob))
         torch.nn.init.constant_(self.cls_score.bias, bias_value)
+
+    @classmethod
+    def from_config(cls, cfg: Any, input_shape: List[ShapeSpec]) -> Dict[str, Any]:
+        """Arguments from ``cfg.MODEL.RETINANET.{NUM_CLASSES, NUM_CONVS, PRIOR_PROB, NORM}``;
+        the subnet convs keep the input channels and ``num_anchors`` comes from the anchor
+        generator that :func:`build_anchor_generator` makes for ``input_shape``."""
+        num_anchors = build_anchor_generator(cfg, input_shape).num_cell_anchors
+        if len(set(num_anchors)) != 1:
+            raise ValueError(
+                f"RetinaNetHead needs the same number of anchors at every level, but MODEL.ANCHOR_GENERATOR "
+                f"gives {num_anchors}; use the same number of SIZES x ASPECT_RATIOS per level"
+            )
+        return {
+            "input_shape": input_shape,
+            "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
+            "conv_dims": [input_shape[0].channels] * cfg.MODEL.RETINANET.NUM_CONVS,
+            "prior_prob": cfg.MODEL.RETINANET.PRIOR_PROB,
+            "norm": cfg.MODEL.RETINANET.NORM,
+            "num_anchors": num_anchors[0],
+        }
 
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
         """

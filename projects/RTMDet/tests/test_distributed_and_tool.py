@@ -56,3 +56,16 @@ def test_demo_config_runs_in_training_tool(tmp_path):
     assert os.path.isfile(tmp_path / "model_final.pth")
     ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
     assert "ema" in ckpt and "head.rtm_cls.0.bias" in ckpt["model"]
+    # The saved config names `rtmdet.*` by import path: it loads and builds in a new process,
+    # from another directory, with no PYTHONPATH (rtmdet is an installed package).
+    check = (
+        "from d2lite.config import LazyConfig, instantiate\n"
+        f"cfg = LazyConfig.load({str(tmp_path / 'config.yaml')!r})\n"
+        "print(type(instantiate(cfg.model)).__module__)\n"
+    )
+    clean_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [sys.executable, "-c", check], cwd=tmp_path, env=clean_env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "rtmdet.rtmdet"
