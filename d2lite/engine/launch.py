@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing.connection
 import os
 import re
 import signal
 import socket
 import sys
+import time
 from datetime import timedelta
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -43,7 +45,7 @@ DEFAULT_TIMEOUT = timedelta(minutes=30)
 
 # Signals the parent of spawned processes passes on to them (each child handles or dies
 # of them as configured), and how long the others may take to finish after one child
-# exited (they stop after the same iteration).
+# stopped on a signal (they stop after the same iteration).
 _FORWARDED_SIGNALS = tuple(
     getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, n)
 )
@@ -224,6 +226,18 @@ def _forward_signals(processes: List[Any]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _wait_for_stopped_children(processes: List[Any]) -> None:
+    """Return when a child exits; if it stopped on a signal (exit status 128 + signal),
+    first give the others time to finish: they stop after the same iteration, once the
+    checkpoint is written (torch's join would terminate them at once)."""
+    multiprocessing.connection.wait([p.sentinel for p in processes])
+    codes = [p.exitcode for p in processes if p.exitcode is not None]
+    if any(TrainingInterrupted.from_exit_code(code, _FORWARDED_SIGNALS) for code in codes):
+        deadline = time.monotonic() + _STOP_GRACE_SECONDS
+        for p in processes:
+            p.join(max(0.0, deadline - time.monotonic()))
+
+
 def launch(
     main_func: Callable[..., Any],
     num_gpus_per_machine: int,
@@ -308,10 +322,9 @@ def launch(
             join=False,
         )
         with _forward_signals(context.processes):
+            _wait_for_stopped_children(context.processes)
             try:
-                # After one child fails, the others get a grace period: after a stop signal
-                # they exit on their own once the checkpoint is written.
-                while not context.join(grace_period=_STOP_GRACE_SECONDS):
+                while not context.join():  # a failure terminates the other processes
                     pass
             except mp.ProcessExitedException as e:
                 stopped = TrainingInterrupted.from_exit_code(e.exit_code, _FORWARDED_SIGNALS)
