@@ -252,17 +252,29 @@ def _spawned_children(pid):
     return sorted(children)
 
 
-def test_two_processes_stop_together_on_sigterm_to_one_and_resume_exactly(tmp_path):
+@pytest.fixture(scope="module")
+def srun_reference(tmp_path_factory):
+    """An uninterrupted 2-process run, its 2 tasks started as srun starts them."""
     if torch.cuda.is_available():
         pytest.skip("runs the CPU (gloo) path")
-    # The uninterrupted reference: 2 tasks started with faked SLURM variables.
-    reference = tmp_path / "srun"
-    returncodes, outputs = _srun_like(_args(reference))
+    out = tmp_path_factory.mktemp("exact2") / "srun"
+    returncodes, outputs = _srun_like(_args(out))
+    return out, returncodes, outputs
+
+
+def test_tool_under_srun_without_torchrun(srun_reference):
+    out, returncodes, outputs = srun_reference
     assert returncodes == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     assert "SLURM task 0 of 2: waiting for the other tasks at tcp://localhost:" in outputs[0]
     assert "World size: 2" in outputs[0]
-    assert (reference / "log.txt.rank1").is_file()
+    assert (out / "log.txt.rank1").is_file() and (out / "model_final.pth").is_file()
+    results = json.loads((out / "inference" / "coco_instances_results.json").read_text())
+    assert len({r["image_id"] for r in results}) == 200  # both ranks evaluated their half
 
+
+def test_two_processes_stop_together_on_sigterm_to_one_and_resume_exactly(srun_reference, tmp_path):
+    reference, returncodes, _ = srun_reference
+    assert returncodes == [0, 0]
     # The same run with --num-gpus 2 (spawned gloo processes); SIGTERM to one of them.
     out = tmp_path / "spawned"
     proc = _start(_args(out, 0, "--num-gpus", "2"), env=_env(OMP_NUM_THREADS="1"))
