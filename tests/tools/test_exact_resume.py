@@ -277,7 +277,7 @@ def test_two_processes_stop_together_on_sigterm_to_one_and_resume_exactly(srun_r
     assert returncodes == [0, 0]
     # The same run with --num-gpus 2 (spawned gloo processes); SIGTERM to one of them.
     out = tmp_path / "spawned"
-    proc = _start(_args(out, 0, "--num-gpus", "2"), env=_env(OMP_NUM_THREADS="1"))
+    proc = _start(_args(out, 0, "--num-gpus", "2", "--dist-url", "auto"), env=_env(OMP_NUM_THREADS="1"))
     _wait_for_iteration(out, proc, 4)
     children = _spawned_children(proc.pid)
     assert len(children) == 2, children
@@ -297,7 +297,7 @@ def test_two_processes_stop_together_on_sigterm_to_one_and_resume_exactly(srun_r
     assert stream["world_size"] == 2 and len(stream["positions"]) == len(stream["pending"]) == 2
     assert stream["positions"][0] > 0 and stream["positions"][1] > 0
 
-    _run(_args(out, 0, "--num-gpus", "2", "--resume"), env=_env(OMP_NUM_THREADS="1"))
+    _run(_args(out, 0, "--num-gpus", "2", "--dist-url", "auto", "--resume"), env=_env(OMP_NUM_THREADS="1"))
     _assert_equal_to_reference(out, reference, iteration)
 
 
