@@ -8,6 +8,9 @@ Examples::
         --source dataloader --output-dir vis/ --num-images 16
     # raw annotations from the dataset files
     python tools/visualize_data.py --config-file ... --source annotation --output-dir vis/
+    # another training loader of the config, e.g. RTMDet's stage-2 pipeline
+    python tools/visualize_data.py --config-file projects/RTMDet/configs/rtmdet_tiny_8xb32-300e_coco.py \\
+        --loader train_stage2 --output-dir vis2/
 """
 
 import argparse
@@ -30,6 +33,12 @@ def main(argv=None) -> int:
     parser.add_argument("--source", choices=["dataloader", "annotation"], default="dataloader")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--num-images", type=int, default=16)
+    parser.add_argument(
+        "--loader",
+        default="train",
+        metavar="NAME",
+        help="the training loader to show: cfg.dataloader.NAME (default: train; e.g. train_stage2)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="key=value overrides")
     args = parser.parse_args(argv)
     try:
@@ -37,13 +46,20 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"visualize_data.py: error: {e}", file=sys.stderr)
         return 2
+    if args.loader not in cfg.dataloader:
+        print(
+            f"visualize_data.py: error: the config has no dataloader.{args.loader}; it has {sorted(cfg.dataloader)}",
+            file=sys.stderr,
+        )
+        return 2
+    loader_cfg = cfg.dataloader[args.loader]
     os.makedirs(args.output_dir, exist_ok=True)
-    names = class_names(cfg.dataloader.train)
+    names = class_names(loader_cfg)
     written = 0
     if args.source == "dataloader":
-        cfg.dataloader.train.num_workers = 0
-        input_format = cfg.dataloader.train.mapper.get("image_format", "BGR")
-        for batch in instantiate(cfg.dataloader.train):
+        loader_cfg.num_workers = 0
+        input_format = loader_cfg.mapper.get("image_format", "BGR")
+        for batch in instantiate(loader_cfg):
             for d in batch:
                 inst = d["instances"]
                 img = draw_boxes(
@@ -57,7 +73,7 @@ def main(argv=None) -> int:
             if written >= args.num_images:
                 break
     else:
-        for d in instantiate(cfg.dataloader.train.dataset)[: args.num_images]:
+        for d in instantiate(loader_cfg.dataset)[: args.num_images]:
             img = read_image(d["file_name"], format="RGB")
             annos = d.get("annotations", [])
             boxes = np.array([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos])

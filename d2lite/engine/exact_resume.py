@@ -24,6 +24,12 @@ registers it right before the PeriodicCheckpointer) that
   remaining hooks' ``after_train`` still run (writers flush and close).
   A signal during the last iteration lets training finish normally.
 
+The data stream is the trainer's current data loader (``trainer.data_loader``, unwrapped
+through ``.loader`` attributes), so a loader replaced mid-run (``trainer.reset_data_loader``,
+e.g. RTMDet's PipelineSwitchHook) is the one saved; a loaded stream state is applied to
+the loader of the first resumed iteration, after the higher-priority hooks' ``before_step``
+(which may switch it).
+
 Its state in the checkpoint (``trainer.hooks.ExactResume``): the seed, the data stream's
 state (positions and seeds of every rank), the last ``history_window`` iterations of
 the smoothed scalars (so the medians written to metrics.json after a resume equal the
@@ -89,7 +95,8 @@ class ExactResume(HookBase):
         Args:
             checkpointer: saves the checkpoint on a stop signal (a DetectionCheckpointer
                 with ``trainer=trainer``); None: stop without saving.
-            data_stream: the trainer's :class:`~d2lite.data.stream.TrainDataStream`; a loader
+            data_stream: the :class:`~d2lite.data.stream.TrainDataStream` to save; None: the
+                trainer's current data loader (unwrapped through ``.loader``). A loader
                 without ``progress()``/``state_dict()`` is not resumable (a warning says so).
             seed: base of the per-iteration seeds; None or negative: one random seed shared
                 by all ranks (saved in the checkpoint).
@@ -100,8 +107,7 @@ class ExactResume(HookBase):
                 buffers of the ranks are made equal); None: only the last iteration and stops.
         """
         self.checkpointer = checkpointer
-        self.data_stream = data_stream if hasattr(data_stream, "progress") else None
-        self._loader_type = None if data_stream is None or self.data_stream is not None else type(data_stream).__name__
+        self._data_stream = data_stream
         self.seed = int(seed) if seed is not None and seed >= 0 else int(comm.shared_random_seed())
         self.stop_signals = StopSignals(stop_signals) if stop_signals else None
         self.history_window = int(history_window)
@@ -109,7 +115,7 @@ class ExactResume(HookBase):
         self.checkpoint_period = checkpoint_period
         self.stopped: Optional[TrainingInterrupted] = None
         self._state_loaded = False
-        self._stream_loaded = False
+        self._stream_state: Optional[Dict[str, Any]] = None  # loaded, applied before the first step
         self._history: Optional[Dict[str, List[List[float]]]] = None
         self._all_progress: Optional[List[List[int]]] = None
         self._local_progress: Optional[List[int]] = None
@@ -124,7 +130,7 @@ class ExactResume(HookBase):
         world_size = comm.get_world_size()
         if world_size > 1:
             self._group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
-            resumed = comm.all_gather((self.trainer.start_iter, self._state_loaded, self._stream_loaded))
+            resumed = comm.all_gather((self.trainer.start_iter, self._state_loaded, self._stream_state is not None))
             if len(set(resumed)) > 1:
                 raise RuntimeError(
                     "The ranks did not resume alike, (start iteration, exact-resume state loaded, data stream "
@@ -137,10 +143,10 @@ class ExactResume(HookBase):
             for name, values in self._history.items():
                 storage.restore_history(name, [(v, int(i)) for v, i in values])
             self._history = None
-        if self._loader_type is not None:
+        if self.data_stream is None:
             logger.warning(
-                f"The training data loader ({self._loader_type}) cannot save its position: a resumed run restarts "
-                "its data stream. Use a map-style dataset with build_detection_train_loader for exact resume."
+                f"The training data loader ({type(self._loader()).__name__}) cannot save its position: a resumed "
+                "run restarts its data stream. Use a map-style dataset with build_detection_train_loader."
             )
         if self.trainer.start_iter > 0:
             if not self._state_loaded:
@@ -149,12 +155,29 @@ class ExactResume(HookBase):
                     "training continues from its weights, optimizer and schedule, but the data stream restarts "
                     "from its beginning, so the resumed run differs from an uninterrupted one."
                 )
-            elif self.data_stream is not None and not self._stream_loaded:
+            elif self.data_stream is not None and self._stream_state is None:
                 logger.warning(
                     "The checkpoint holds no data-stream state: the data stream restarts from its beginning."
                 )
 
+    def _loader(self) -> Any:
+        return self._data_stream if self._data_stream is not None else getattr(self.trainer, "data_loader", None)
+
+    @property
+    def data_stream(self) -> Optional[Any]:
+        """The resumable stream of the current training loader, or None."""
+        loader = self._loader()
+        for _ in range(4):
+            if loader is None or hasattr(loader, "progress"):
+                return loader
+            loader = getattr(loader, "loader", None)
+        return None
+
     def before_step(self) -> None:
+        if self._stream_state is not None:  # the loader of this (first resumed) iteration continues
+            if self.data_stream is not None:
+                self.data_stream.load_state_dict(self._stream_state)
+            self._stream_state = None
         s = iteration_seed(self.seed, comm.get_rank(), self.trainer.iter)
         random.seed(s)
         np.random.seed(s)
@@ -164,7 +187,8 @@ class ExactResume(HookBase):
 
     def after_step(self) -> None:
         received = self.stop_signals.received if self.stop_signals is not None else None
-        progress = self.data_stream.progress() if self.data_stream is not None else []
+        stream = self.data_stream
+        progress = stream.progress() if stream is not None else []
         running = self._running_state()
         keys = [(module, name) for module in sorted(running) for name in sorted(running[module])]
         # one int64 row per rank: [signal, *stream progress, *running values (float64 bits)]
@@ -203,8 +227,9 @@ class ExactResume(HookBase):
     def after_train(self) -> None:
         if self.stop_signals is not None:
             self.stop_signals.uninstall()
-        if self.stopped is not None and self.data_stream is not None:
-            self.data_stream.close()  # shut the DataLoader workers down now
+        stream = self.data_stream
+        if self.stopped is not None and stream is not None:
+            stream.close()  # shut the DataLoader workers down now
 
     def _broadcast_buffers(self) -> None:
         """Copy rank 0's model buffers to every rank (one broadcast per dtype and device)."""
@@ -242,13 +267,16 @@ class ExactResume(HookBase):
         raise self.stopped
 
     # ------------------------------------------------------------------ state
-    def _stream_state(self) -> Optional[Dict[str, Any]]:
-        if self.data_stream is None:
+    def _save_stream(self) -> Optional[Dict[str, Any]]:
+        stream = self.data_stream
+        if stream is None:
             return None
+        if self._stream_state is not None:  # saved before the first step: the loaded state is still the state
+            return self._stream_state
         if comm.get_world_size() == 1:
-            return self.data_stream.state_dict()
-        if self._all_progress is not None and self._local_progress == self.data_stream.progress():
-            return self.data_stream.state_dict(self._all_progress)
+            return stream.state_dict()
+        if self._all_progress is not None and self._local_progress == stream.progress():
+            return stream.state_dict(self._all_progress)
         logger.warning(
             "A checkpoint is saved outside the per-iteration synchronisation of the ranks: it holds no data-stream "
             "state (resuming from it restarts the data stream)."
@@ -286,7 +314,7 @@ class ExactResume(HookBase):
 
     def state_dict(self) -> Dict[str, Any]:
         state: Dict[str, Any] = {"seed": self.seed, "history": self._recent_history()}
-        stream = self._stream_state()
+        stream = self._save_stream()
         if stream is not None:
             state["data_stream"] = stream
         world_size = comm.get_world_size()
@@ -301,9 +329,16 @@ class ExactResume(HookBase):
             logger.info(f"Using the checkpoint's seed {state['seed']} for the per-iteration RNG seeds.")
         self.seed = int(state["seed"])
         self._history = state.get("history") or None
-        if "data_stream" in state and self.data_stream is not None:
-            self.data_stream.load_state_dict(state["data_stream"])
-            self._stream_loaded = True
+        stream = state.get("data_stream")
+        if stream is not None:
+            if stream.get("world_size") != comm.get_world_size():
+                raise ValueError(
+                    f"The checkpoint's data stream was saved by {stream.get('world_size')} processes; this run has "
+                    f"{comm.get_world_size()}. Resume with {stream.get('world_size')} processes (--num-gpus / srun "
+                    "tasks), or start a new run from the weights with train.init_checkpoint=<checkpoint> (without "
+                    "--resume)."
+                )
+            self._stream_state = stream
         per_rank = state.get("model_running_state")
         if per_rank is not None:
             if len(per_rank) != comm.get_world_size():

@@ -70,6 +70,7 @@ __all__ = [
     "build_model",
     "build_ema",
     "build_val_loss_loader",
+    "build_train_loader",
     "class_names",
     "do_test",
     "build_config_hooks",
@@ -224,30 +225,39 @@ def do_test(cfg: DictConfig, model: torch.nn.Module, ema: Optional[ModelEMA] = N
     return ret
 
 
-def _visualize_batches(
-    data_loader: Iterable, period: int, input_format: str, names: Optional[List[str]], num_images: int = 2
-) -> Iterator:
-    """Yield the loader's batches; every ``period`` iterations put a few training
-    images with their ground-truth boxes into the event storage (TensorBoard)."""
-    for batch in data_loader:
-        if period > 0 and comm.is_main_process() and has_event_storage():
-            storage = get_event_storage()
-            if storage.iter % period == 0:
-                for i, d in enumerate(batch[:num_images]):
-                    img = image_to_rgb(d["image"], input_format)
-                    if "instances" in d:
-                        inst = d["instances"]
-                        img = draw_boxes(img, inst.gt_boxes, inst.gt_classes, class_names=names)
-                    storage.put_image(f"train/gt_boxes_{i}", torch.from_numpy(img.copy()).permute(2, 0, 1) / 255.0)
-        yield batch
+class _VisualizedBatches:
+    """The batches of ``loader``; every ``period`` iterations a few training images with
+    their ground-truth boxes go into the event storage (TensorBoard). ``loader`` stays
+    reachable (exact resume saves its position)."""
+
+    def __init__(
+        self, loader: Iterable, period: int, input_format: str, names: Optional[List[str]], num_images: int = 2
+    ) -> None:
+        self.loader, self.period, self.input_format, self.names = loader, period, input_format, names
+        self.num_images = num_images
+
+    def __iter__(self) -> Iterator:
+        for batch in self.loader:
+            if self.period > 0 and comm.is_main_process() and has_event_storage():
+                storage = get_event_storage()
+                if storage.iter % self.period == 0:
+                    for i, d in enumerate(batch[: self.num_images]):
+                        img = image_to_rgb(d["image"], self.input_format)
+                        if "instances" in d:
+                            inst = d["instances"]
+                            img = draw_boxes(img, inst.gt_boxes, inst.gt_classes, class_names=self.names)
+                        image = torch.from_numpy(img.copy()).permute(2, 0, 1) / 255.0
+                        storage.put_image(f"train/gt_boxes_{i}", image)
+            yield batch
 
 
-def instantiate_train_loader(cfg: DictConfig) -> Iterable:
-    """``cfg.dataloader.train``, given ``seed=train.seed`` when its function takes a seed
-    and the config sets none (the seed of the default sampler and of the per-sample
-    augmentation seeds, see :mod:`d2lite.data.stream`; a negative ``train.seed`` leaves
-    it to the loader: one random seed shared by the ranks, saved in checkpoints)."""
-    node = cfg.dataloader.train
+def instantiate_train_loader(cfg: DictConfig, loader_cfg: Optional[DictConfig] = None) -> Iterable:
+    """``loader_cfg`` (default ``cfg.dataloader.train``), given ``seed=train.seed`` when its
+    function takes a seed and the config sets none (the seed of the default sampler and of
+    the per-sample augmentation seeds, see :mod:`d2lite.data.stream`; a negative
+    ``train.seed`` leaves it to the loader: one random seed shared by the ranks, saved in
+    checkpoints)."""
+    node = cfg.dataloader.train if loader_cfg is None else loader_cfg
     seed = cfg.train.get("seed", None)
     if seed is not None and int(seed) >= 0 and "seed" not in node and _accepts_keyword(node.get("_target_"), "seed"):
         node = copy.deepcopy(node)  # keeps its parent, so ${...} interpolations still resolve
@@ -255,16 +265,20 @@ def instantiate_train_loader(cfg: DictConfig) -> Iterable:
     return instantiate(node)
 
 
-def build_train_loader(cfg: DictConfig, loader: Optional[Iterable] = None) -> Iterable:
-    """``loader`` (default: :func:`instantiate_train_loader`), wrapped to put training images
-    into TensorBoard every ``cfg.train.vis_period`` iterations (when the loader has a mapper)."""
-    loader = instantiate_train_loader(cfg) if loader is None else loader
-    if "mapper" in cfg.dataloader.train:
-        loader = _visualize_batches(
+def build_train_loader(cfg: DictConfig, loader_cfg: Optional[DictConfig] = None) -> Iterable:
+    """:func:`instantiate_train_loader` of ``loader_cfg`` (default ``cfg.dataloader.train``),
+    wrapped to put training images into TensorBoard every ``cfg.train.vis_period``
+    iterations (when the loader has a mapper). A hook that replaces the training loader
+    mid-run (``trainer.reset_data_loader``) passes its own loader config, e.g. another
+    section of ``cfg.dataloader``; exact resume then saves the new loader's position."""
+    loader_cfg = cfg.dataloader.train if loader_cfg is None else loader_cfg
+    loader = instantiate_train_loader(cfg, loader_cfg)
+    if "mapper" in loader_cfg:
+        loader = _VisualizedBatches(
             loader,
             period=cfg.train.get("vis_period", 0),
-            input_format=cfg.dataloader.train.mapper.get("image_format", "BGR"),
-            names=class_names(cfg.dataloader.train),
+            input_format=loader_cfg.mapper.get("image_format", "BGR"),
+            names=class_names(loader_cfg),
         )
     return loader
 
@@ -315,7 +329,6 @@ def default_hooks(
     trainer: TrainerBase,
     checkpointer: DetectionCheckpointer,
     ema: Optional[ModelEMA] = None,
-    data_stream: Optional[Iterable] = None,
 ) -> List[HookBase]:
     """The hooks of a LazyConfig training run, in execution order: the built-in ones
     that ``cfg.train`` switches on, and ``cfg.train.hooks``, stably sorted by priority.
@@ -324,8 +337,7 @@ def default_hooks(
     EMAHook (HIGH), LRScheduler (ABOVE_NORMAL), [config hooks, NORMAL by default],
     ExactResume and PeriodicCheckpointer (BELOW_NORMAL), ValidationLoss and EvalHook
     (LOW), PeriodicWriter (LOWEST). The checkpointer and writer exist on the main process
-    only. ``data_stream`` (default: ``trainer.data_loader``) is the loader whose position
-    ExactResume saves.
+    only.
     """
     clip = cfg.train.get("clip_grad", None)
     val_loss = cfg.train.get("val_loss", None) or {}
@@ -341,7 +353,7 @@ def default_hooks(
             scheduler=LRMultiplier(trainer.optimizer, instantiate(cfg.lr_multiplier), cfg.train.max_iter)
         ),
         # exact-resume state, stop signals: on every rank, before the checkpointer (see engine/exact_resume.py)
-        _exact_resume_hook(cfg, checkpointer, trainer.data_loader if data_stream is None else data_stream),
+        _exact_resume_hook(cfg, checkpointer),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         ValidationLoss(val_loss["period"], build_val_loss_loader(cfg), val_loss.get("num_batches", None))
         if val_loss.get("period", 0) > 0
@@ -355,13 +367,12 @@ def default_hooks(
     return sorted(all_hooks, key=hook_priority)  # stable: equal priorities keep list order
 
 
-def _exact_resume_hook(cfg: DictConfig, checkpointer: DetectionCheckpointer, data_stream: Iterable) -> ExactResume:
+def _exact_resume_hook(cfg: DictConfig, checkpointer: DetectionCheckpointer) -> ExactResume:
     """ExactResume with ``train.seed`` and ``train.stop_signals`` (ConfigError names a bad signal)."""
     try:
         stop_signals = list(cfg.train.get("stop_signals", DEFAULT_STOP_SIGNALS) or [])
         return ExactResume(
             checkpointer,
-            data_stream,
             seed=cfg.train.get("seed", None),
             stop_signals=stop_signals,
             checkpoint_period=cfg.train.checkpointer.get("period", None),
@@ -387,8 +398,7 @@ def do_train(cfg: DictConfig, resume: bool = False) -> TrainerBase:
 
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
-    data_stream = instantiate_train_loader(cfg)
-    train_loader = build_train_loader(cfg, data_stream)
+    train_loader = build_train_loader(cfg)
 
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(
@@ -400,7 +410,7 @@ def do_train(cfg: DictConfig, resume: bool = False) -> TrainerBase:
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, **checkpointables)
     trainer.checkpointer = checkpointer
     trainer.cfg = cfg
-    trainer.register_hooks(default_hooks(cfg, trainer, checkpointer, ema, data_stream=data_stream))
+    trainer.register_hooks(default_hooks(cfg, trainer, checkpointer, ema))
 
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     # A checkpoint is saved after iteration trainer.iter finished.

@@ -2,7 +2,14 @@
 
 from .batch_norm import FrozenBatchNorm2d, LayerNorm, NaiveSyncBatchNorm, SyncBatchNorm, get_norm
 from .blocks import CNNBlockBase
-from .losses import ciou_loss, diou_loss, giou_loss, sigmoid_focal_loss, smooth_l1_loss
+from .losses import (
+    ciou_loss,
+    diou_loss,
+    giou_loss,
+    sigmoid_focal_loss,
+    sigmoid_focal_loss_from_labels,
+    smooth_l1_loss,
+)
 from .nms import batched_nms, nms
 from .shape_spec import ShapeSpec
 from .wrappers import (

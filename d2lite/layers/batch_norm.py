@@ -1,7 +1,7 @@
 """Normalization layers: FrozenBatchNorm2d, SyncBatchNorm, NaiveSyncBatchNorm, LayerNorm and ``get_norm``."""
 
 import logging
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -17,6 +17,7 @@ __all__ = [
     "NaiveSyncBatchNorm",
     "LayerNorm",
     "get_norm",
+    "frozen_affine",
 ]
 
 logger = logging.getLogger(__name__)
@@ -353,3 +354,38 @@ def get_norm(norm: Union[str, Callable[[int], nn.Module], None], out_channels: i
     if not callable(norm):
         raise TypeError(f"get_norm: norm must be a str, a callable or None, got {type(norm)}")
     return norm(out_channels)
+
+
+def frozen_affine(norm: Optional[nn.Module]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """The per-channel ``(scale, shift)`` with ``norm(x) == x * scale + shift``, if ``norm``
+    is such a fixed map at this moment, else None.
+
+    Fixed maps: :class:`FrozenBatchNorm2d`, and a BatchNorm (``nn.BatchNorm2d`` and its
+    subclasses, e.g. :class:`SyncBatchNorm`) in eval mode with running statistics. A norm
+    with forward hooks returns None (so the hooks still see its input and output). Used to
+    fold the norm into the preceding convolution (``conv(x, w * scale) + shift``: one pass
+    over the activations fewer, the same numbers up to floating-point rounding).
+
+    Returns:
+        two (C,) tensors in the dtype of the norm's statistics, or None.
+    """
+    if norm is None or norm._forward_hooks or norm._forward_pre_hooks:
+        return None
+    if isinstance(norm, FrozenBatchNorm2d):
+        weight, bias, mean, var, eps = norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps
+    elif (
+        isinstance(norm, nn.modules.batchnorm._BatchNorm)
+        and not norm.training
+        and norm.track_running_stats
+        and norm.running_mean is not None
+    ):
+        weight, bias, mean, var, eps = norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps
+    else:
+        return None
+    scale = (var + eps).rsqrt()
+    if weight is not None:
+        scale = weight * scale
+    shift = -mean * scale
+    if bias is not None:
+        shift = bias + shift
+    return scale, shift

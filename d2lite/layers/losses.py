@@ -5,7 +5,14 @@ import math
 import torch
 from torch.nn import functional as F
 
-__all__ = ["sigmoid_focal_loss", "smooth_l1_loss", "giou_loss", "diou_loss", "ciou_loss"]
+__all__ = [
+    "sigmoid_focal_loss",
+    "sigmoid_focal_loss_from_labels",
+    "smooth_l1_loss",
+    "giou_loss",
+    "diou_loss",
+    "ciou_loss",
+]
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -48,6 +55,92 @@ def sigmoid_focal_loss(
         alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
         loss = alpha_t * loss
     return _reduce(loss, reduction)
+
+
+class _FocalLossFromLabels(torch.autograd.Function):
+    """Summed sigmoid focal loss of one-hot targets given as class indices, with a
+    hand-written backward (far fewer passes over the (..., K) logits than autograd
+    through :func:`sigmoid_focal_loss`, and no one-hot or masked copies).
+
+    With ``u = -x`` for an element's own class and ``u = x`` for the others, the element
+    loss is ``alpha_t * q**gamma * softplus(u)`` with ``q = sigmoid(u) = 1 - p_t`` and
+    ``softplus(u) = -log(p_t)``; its derivative in ``u`` is
+    ``alpha_t * q**gamma * (gamma * (1 - q) * softplus(u) + q)``.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs: torch.Tensor, labels: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
+        x = inputs if inputs.dtype == torch.float64 else inputs.float()
+        num_classes = x.shape[-1]
+        is_target = labels.unsqueeze(-1) == torch.arange(num_classes, device=x.device)  # (..., K)
+        u = torch.where(is_target, -x, x)
+        q = torch.sigmoid(u)  # 1 - p_t
+        softplus_u = F.softplus(u)  # -log(p_t)
+        q_gamma = q * q if gamma == 2 else q.pow(gamma)
+        loss = q_gamma * softplus_u
+        ignored = labels < 0
+        total = loss.sum()
+        if bool(ignored.any()):
+            total = total - loss[ignored].sum()
+        if alpha >= 0:
+            pos_sum = loss[is_target].sum()  # ignored rows (label -1) have no target
+            total = (1 - alpha) * (total - pos_sum) + alpha * pos_sum
+        ctx.save_for_backward(is_target, ignored, q, softplus_u, q_gamma)
+        ctx.alpha, ctx.gamma, ctx.input_dtype = alpha, gamma, inputs.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        is_target, ignored, q, softplus_u, q_gamma = ctx.saved_tensors
+        alpha, gamma = ctx.alpha, ctx.gamma
+        # d loss / d u, then d u / d x = -1 on the target class, +1 elsewhere
+        grad = torch.sub(1.0, q).mul_(softplus_u).mul_(gamma).add_(q).mul_(q_gamma)
+        if alpha >= 0:
+            scale = torch.where(is_target, -alpha, 1.0 - alpha)
+        else:
+            scale = torch.where(is_target, -1.0, 1.0)
+        grad.mul_(scale)
+        grad[ignored] = 0.0
+        grad.mul_(grad_output)
+        return grad.to(ctx.input_dtype), None, None, None
+
+
+def sigmoid_focal_loss_from_labels(
+    inputs: torch.Tensor, labels: torch.Tensor, alpha: float = 0.25, gamma: float = 2
+) -> torch.Tensor:
+    """Summed :func:`sigmoid_focal_loss` of ``inputs`` against one-hot targets given by class index.
+
+    Equal (up to floating-point rounding) to::
+
+        valid = labels >= 0
+        targets = F.one_hot(labels[valid], K + 1)[:, :K]     # label K: all-zero target
+        sigmoid_focal_loss(inputs[valid], targets, alpha, gamma, reduction="sum")
+
+    but computed in one pass over ``inputs`` with a fused backward, without building the
+    one-hot targets or copying the valid rows (RetinaNet's classification loss over
+    anchors x classes).
+
+    Args:
+        inputs: (..., K) logits (computed in float32, or float64 for float64 inputs).
+        labels: (...) int64, the class of each row: 0..K-1 (one positive class), K (or any
+            value >= K: background, every class negative), -1 (ignored: no loss, no gradient).
+        alpha: weight of positives in (0, 1), negatives get ``1 - alpha``; a negative value
+            disables the weighting. Defaults to 0.25.
+        gamma: focusing exponent >= 0. Defaults to 2.
+
+    Returns:
+        scalar tensor (float32, float64 for float64 inputs), the sum over all valid (row, class) pairs.
+    """
+    if inputs.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"sigmoid_focal_loss_from_labels: labels must have the shape of inputs without the last "
+            f"(class) dimension, got inputs {tuple(inputs.shape)} and labels {tuple(labels.shape)}"
+        )
+    if labels.dtype.is_floating_point:
+        raise TypeError(f"sigmoid_focal_loss_from_labels: labels must be integer class indices, got {labels.dtype}")
+    if gamma < 0:
+        raise ValueError(f"sigmoid_focal_loss_from_labels: gamma must be >= 0, got {gamma}")
+    return _FocalLossFromLabels.apply(inputs, labels, float(alpha), float(gamma))
 
 
 def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, beta: float, reduction: str = "none") -> torch.Tensor:

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import batch_norm as _batch_norm  # module reference: batch_norm imports this module
+
 __all__ = [
     "shapes_to_tensor",
     "cat",
@@ -47,6 +49,10 @@ def cross_entropy(input: torch.Tensor, target: torch.Tensor, *, reduction: str =
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` with optional ``norm`` and ``activation`` applied in ``forward``.
 
+    A ``norm`` that is a fixed per-channel affine map (FrozenBatchNorm2d, or BatchNorm in
+    eval mode; see :func:`d2lite.layers.batch_norm.frozen_affine`) is folded into the
+    convolution's weight and bias; the result equals ``norm(conv(x))`` up to rounding.
+
     Parameters are named as in detectron2 (``weight``, ``bias``, ``norm.weight``,
     ``norm.running_mean`` ...) so detectron2 checkpoints load.
     """
@@ -77,9 +83,18 @@ class Conv2d(nn.Conv2d):
                 and torch.distributed.get_world_size() > 1
             ):
                 raise ValueError("SyncBatchNorm does not support empty inputs!")
-        x = self._conv_forward(x, self.weight, self.bias)
-        if self.norm is not None:
-            x = self.norm(x)
+        # A fixed norm (FrozenBN, BN in eval mode) is folded into the convolution:
+        # conv(x, w * scale) + shift, one pass over the activations fewer.
+        affine = _batch_norm.frozen_affine(self.norm)
+        if affine is not None:
+            scale, shift = affine
+            weight = self.weight * scale.to(self.weight.dtype).reshape(-1, 1, 1, 1)
+            bias = shift if self.bias is None else self.bias * scale + shift
+            x = self._conv_forward(x, weight, bias.to(weight.dtype))
+        else:
+            x = self._conv_forward(x, self.weight, self.bias)
+            if self.norm is not None:
+                x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x

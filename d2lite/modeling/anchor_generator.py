@@ -1,5 +1,6 @@
 """Anchor generation for dense detectors (detectron2's DefaultAnchorGenerator)."""
 
+import collections
 import collections.abc
 import math
 from typing import Any, Dict, List, Sequence, Tuple
@@ -153,7 +154,26 @@ class DefaultAnchorGenerator(nn.Module):
         """Number of anchors per spatial location of each level (e.g. [9, 9, 9, 9, 9])."""
         return [len(cell_anchors) for cell_anchors in self.cell_anchors]
 
+    _CACHE_SIZE = 16
+    """Grid anchors of this many distinct (feature-map sizes, device, dtype) are kept."""
+
     def _grid_anchors(self, grid_sizes: List[Sequence[int]]) -> List[Tensor]:
+        """Anchors of every level for these (H, W) grid sizes, cached per sizes (LRU):
+        training repeats a handful of padded input sizes and inference often one."""
+        first = next(iter(self.cell_anchors))
+        key = (tuple((int(h), int(w)) for h, w in grid_sizes), first.device, first.dtype)
+        cache: Dict = self.__dict__.setdefault("_anchor_cache", collections.OrderedDict())
+        anchors = cache.get(key)
+        if anchors is None:
+            anchors = self._compute_grid_anchors(grid_sizes)
+            cache[key] = anchors
+            while len(cache) > self._CACHE_SIZE:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return anchors
+
+    def _compute_grid_anchors(self, grid_sizes: List[Sequence[int]]) -> List[Tensor]:
         anchors = []
         for size, stride, base_anchors in zip(grid_sizes, self.strides, self.cell_anchors):
             shift_x, shift_y = _create_grid_offsets(size, stride, self.offset, base_anchors.device)
@@ -168,7 +188,9 @@ class DefaultAnchorGenerator(nn.Module):
             features: #levels feature maps of shape (N, C, Hi, Wi); only their sizes are used.
 
         Returns:
-            #levels Boxes, each with Hi * Wi * A anchors (XYXY, input-image pixels).
+            #levels Boxes, each with Hi * Wi * A anchors (XYXY, input-image pixels). The
+            tensors are cached per feature-map size and shared between calls: do not
+            modify them in place (clone first).
         """
         if len(features) != self.num_features:
             raise ValueError(

@@ -136,21 +136,20 @@ def _dense_box_regression_loss(
         anchors_t = cat(list(anchors))
     else:
         anchors_t = type(anchors[0]).cat(list(anchors)).tensor  # (R, 4)
-
-    if box_reg_loss_type == "smooth_l1":
-        gt_anchor_deltas = torch.stack([box2box_transform.get_deltas(anchors_t, k) for k in gt_boxes])  # (N, R, 4)
-        return smooth_l1_loss(
-            cat(pred_anchor_deltas, dim=1)[fg_mask],
-            gt_anchor_deltas[fg_mask],
-            beta=smooth_l1_beta,
-            reduction="sum",
+    if box_reg_loss_type not in ("smooth_l1", "giou", "diou", "ciou"):
+        raise ValueError(
+            f"Invalid box_reg_loss_type '{box_reg_loss_type}'; expected one of 'smooth_l1', 'giou', 'diou', 'ciou'"
         )
-    if box_reg_loss_type in ("giou", "diou", "ciou"):
-        pred_boxes = torch.stack(
-            [box2box_transform.apply_deltas(k, anchors_t) for k in cat(pred_anchor_deltas, dim=1)]
-        )  # (N, R, 4)
-        loss_fn = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}[box_reg_loss_type]
-        return loss_fn(pred_boxes[fg_mask], torch.stack(gt_boxes)[fg_mask], reduction="sum")
-    raise ValueError(
-        f"Invalid box_reg_loss_type '{box_reg_loss_type}'; expected one of 'smooth_l1', 'giou', 'diou', 'ciou'"
-    )
+
+    # Only foreground anchors enter the loss: transform just those (in (image, anchor)
+    # order, as boolean indexing of the (N, R, 4) tensors would give them).
+    image_idx, anchor_idx = fg_mask.nonzero(as_tuple=True)
+    fg_anchors = anchors_t[anchor_idx]  # (F, 4)
+    fg_pred_deltas = cat(list(pred_anchor_deltas), dim=1)[image_idx, anchor_idx]  # (F, 4)
+    fg_gt_boxes = torch.stack(list(gt_boxes))[image_idx, anchor_idx]  # (F, 4)
+    if box_reg_loss_type == "smooth_l1":
+        gt_anchor_deltas = box2box_transform.get_deltas(fg_anchors, fg_gt_boxes)
+        return smooth_l1_loss(fg_pred_deltas, gt_anchor_deltas, beta=smooth_l1_beta, reduction="sum")
+    pred_boxes = box2box_transform.apply_deltas(fg_pred_deltas, fg_anchors)
+    loss_fn = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}[box_reg_loss_type]
+    return loss_fn(pred_boxes, fg_gt_boxes, reduction="sum")

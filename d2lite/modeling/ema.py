@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import weakref
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, Optional
 
@@ -102,6 +103,35 @@ class ModelEMA(nn.Module):
             )
         return {k: (avg[k], src[k]) for k in avg}
 
+    def _update_plan(self, model: nn.Module) -> tuple:
+        """The tensors of one update, grouped once per source model and reused by every
+        later :meth:`update` (no state dicts rebuilt per step): float (ema, source) pairs by
+        (device, dtype) for one fused lerp each, tensors to copy, and the buffers kept in
+        sync when ``update_buffers`` is False. Rebuilt when another model object is passed;
+        a model whose parameters or buffers are replaced (not updated in place) after the
+        first update needs a new ModelEMA."""
+        cached = self.__dict__.get("_plan")
+        if cached is not None and cached[0]() is model:
+            return cached[1]
+        groups: Dict[tuple, tuple] = {}
+        copies = []
+        for p_avg, p_src in self._averaged_tensors(model).values():
+            if p_avg.dtype.is_floating_point and p_src.dtype == p_avg.dtype and p_src.device == p_avg.device:
+                avg_list, src_list = groups.setdefault((p_avg.device, p_avg.dtype), ([], []))
+                avg_list.append(p_avg.data)
+                src_list.append(p_src.data)
+            else:
+                copies.append((p_avg, p_src))
+        synced = [] if self.update_buffers else list(zip(self.module.buffers(), model.buffers()))
+        plan = (list(groups.values()), copies, synced)
+        self.__dict__["_plan"] = (weakref.ref(model), plan)
+        return plan
+
+    def __getstate__(self) -> Dict:
+        state = dict(self.__dict__)
+        state.pop("_plan", None)  # holds a weak reference; rebuilt on the next update
+        return state
+
     def get_momentum(self, step: int) -> float:
         """The momentum used at ``step``."""
         m = float(self.momentum_fn(step)) if self.momentum_fn is not None else self.momentum
@@ -122,22 +152,25 @@ class ModelEMA(nn.Module):
         model = _unwrap(model)
         num_updates = int(self.steps)
         step = num_updates if step is None else int(step)
-        pairs = self._averaged_tensors(model)
+        groups, copies, synced = self._update_plan(model)
         if num_updates == 0:
-            for p_avg, p_src in pairs.values():
+            for avg_list, src_list in groups:
+                torch._foreach_copy_(avg_list, src_list)
+            for p_avg, p_src in copies:
                 p_avg.data.copy_(p_src.data)
         elif step % self.interval == 0:
             m = self.get_momentum(step)
-            for p_avg, p_src in pairs.values():
+            for avg_list, src_list in groups:
+                torch._foreach_lerp_(avg_list, src_list, m)
+            for p_avg, p_src in copies:
                 src = p_src.data.to(p_avg.device)
                 if p_avg.dtype.is_floating_point:
                     p_avg.data.lerp_(src.to(p_avg.dtype), m)
                 else:
                     p_avg.data.copy_(src)
-        if not self.update_buffers:
-            # keep the buffers (e.g. BN statistics) in sync with the source model
-            for b_avg, b_src in zip(self.module.buffers(), model.buffers()):
-                b_avg.data.copy_(b_src.data.to(b_avg.device))
+        # keep the buffers (e.g. BN statistics) in sync with the source model
+        for b_avg, b_src in synced:
+            b_avg.data.copy_(b_src.data.to(b_avg.device))
         self.steps += 1
 
     @contextmanager

@@ -30,14 +30,17 @@ def _augment(d):
     return {"x": x, "y": d["y"], "width": d["width"], "height": d["height"]}
 
 
-def _loader():
+def _loader(batch=2, sampler_seed=1):
     g = np.random.default_rng(0)
     dicts = [
         {"x": g.normal(size=3).tolist(), "y": float(i % 2), "width": 20 + 10 * (i % 3 == 0), "height": 25}
         for i in range(9)
     ]
     return build_batch_data_loader(
-        MapDataset(DatasetFromList(dicts), _augment), TrainingSampler(9, seed=1), 2, aspect_ratio_grouping=True
+        MapDataset(DatasetFromList(dicts), _augment),
+        TrainingSampler(9, seed=sampler_seed),
+        batch,
+        aspect_ratio_grouping=True,
     )
 
 
@@ -87,7 +90,20 @@ class _SignalDuringSave(DetectionCheckpointer):
         super().save(name, **kwargs)
 
 
-def _build(output_dir, extra_hooks=(), checkpointer_cls=DetectionCheckpointer):
+class _SwitchLoaderAt(HookBase):
+    """Replaces the training loader before iteration ``k`` (as RTMDet's PipelineSwitchHook):
+    the stage follows from the iteration, so a resumed run switches before its first step."""
+
+    def __init__(self, k):
+        self.k, self.switched = k, False
+
+    def before_step(self):
+        if not self.switched and self.trainer.iter >= self.k:
+            self.trainer.reset_data_loader(lambda: _loader(batch=3, sampler_seed=2))
+            self.switched = True
+
+
+def _build(output_dir, extra_hooks=(), checkpointer_cls=DetectionCheckpointer, switch_at=None):
     os.makedirs(output_dir, exist_ok=True)
     model = _Net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -99,7 +115,8 @@ def _build(output_dir, extra_hooks=(), checkpointer_cls=DetectionCheckpointer):
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=sched),
-            ExactResume(ckpt, stream, seed=5),
+            _SwitchLoaderAt(switch_at) if switch_at is not None else None,
+            ExactResume(ckpt, None if switch_at is not None else stream, seed=5),  # None: the trainer's loader
             hooks.PeriodicCheckpointer(ckpt, period=PERIOD, max_iter=MAX_ITER),
             *extra_hooks,
             hooks.PeriodicWriter([JSONWriter(os.path.join(output_dir, "metrics.json"))], period=1),
@@ -255,3 +272,26 @@ def test_resume_command(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
     assert "same torchrun options" in resume_command(["t.py"])
+
+
+def test_loader_replaced_mid_run_resumes_exactly(tmp_path):
+    """The trainer's loader is replaced before iteration 5; a run resumed after that (from
+    iteration 7) continues the replacement loader's stream."""
+    model, trainer, _ = _build(tmp_path / "reference", switch_at=5)
+    trainer.train(0, MAX_ITER)
+    reference = (tmp_path / "reference", {k: v.clone() for k, v in model.state_dict().items()}, model.normalizer)
+
+    class _Crash(HookBase):
+        def after_step(self):
+            if self.trainer.iter == 9:
+                raise RuntimeError("simulated crash")
+
+    out = tmp_path / "run"
+    _, trainer, ckpt = _build(out, extra_hooks=[_Crash()], switch_at=5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.train(0, MAX_ITER)
+    state = torch.load(out / "model_0000007.pth", weights_only=False)["trainer"]["hooks"]["ExactResume"]
+    assert state["data_stream"]["batch_size"] == 3  # the replacement loader's position was saved
+    model, start = _resume(out, switch_at=5)
+    assert start == 8
+    _assert_same_as_reference(model, out, reference, 8)

@@ -283,9 +283,10 @@ def test_tool_derives_the_loader_from_dataloader_test_and_runs_retinanet():
     assert "batch_size" not in cfg.dataloader.test
     batch = next(iter(loader))
     assert len(batch) == 2
+    test_short_edge = cfg.dataloader.test.mapper.augmentations[0].short_edge_length
     for d in batch:
         assert len(d["instances"]) > 0
-        assert min(d["image"].shape[1:]) == 192  # the test augmentation: short edge 192
+        assert min(d["image"].shape[1:]) == test_short_edge  # the test augmentation
 
     model = instantiate(cfg.model)
     before = copy.deepcopy(model.state_dict())

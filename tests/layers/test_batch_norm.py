@@ -225,3 +225,35 @@ def test_syncbn_two_processes_equals_bn_on_whole_batch(tmp_path, norm):
         # detectron2's NaiveSyncBatchNorm keeps the biased variance
         biased_var = x.var(dim=(0, 2, 3), unbiased=False)
         assert torch.allclose(r["rv"], 0.9 + 0.1 * biased_var, atol=1e-4)
+
+
+def test_fixed_norms_are_folded_into_conv2d():
+    """Conv2d with a FrozenBN / eval-mode BN computes conv(x, w * scale) + shift, equal to
+    norm(conv(x)); training BN, GN and norms with hooks are not folded."""
+    from d2lite.layers import Conv2d
+    from d2lite.layers.batch_norm import frozen_affine
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 9, 9, requires_grad=True)
+    for norm in (FrozenBatchNorm2d(6), nn.BatchNorm2d(6)):
+        with torch.no_grad():
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.normal_()
+            norm.bias.normal_()
+        conv = Conv2d(4, 6, 3, padding=1, bias=True, norm=norm).eval()
+        assert frozen_affine(norm) is not None
+        out = conv(x)
+        ref = norm(nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
+        assert torch.allclose(out, ref, atol=1e-5)
+        (g_out,) = torch.autograd.grad(out.sum(), x)
+        (g_ref,) = torch.autograd.grad(ref.sum(), x)
+        assert torch.allclose(g_out, g_ref, atol=1e-5)
+    bn = nn.BatchNorm2d(6).train()
+    assert frozen_affine(bn) is None and frozen_affine(nn.GroupNorm(2, 6)) is None and frozen_affine(None) is None
+    frozen = FrozenBatchNorm2d(6)
+    seen = []
+    frozen.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    assert frozen_affine(frozen) is None  # hooks must still see the norm's input and output
+    Conv2d(4, 6, 3, padding=1, norm=frozen)(x)
+    assert seen == [(2, 6, 9, 9)]

@@ -105,3 +105,45 @@ def test_diou_ciou_hand_cases():
     v = 4 / math.pi**2 * (math.atan(1.0) - math.atan(2.0)) ** 2
     alpha = v / (1 - 0.5 + v)
     assert ciou_loss(p, a).item() == pytest.approx(0.5 + alpha * v, rel=1e-4)
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (0.5, 1.5), (-1.0, 0.0)])
+def test_sigmoid_focal_loss_from_labels_equals_one_hot_focal_loss(alpha, gamma):
+    """The fused loss is sigmoid_focal_loss on the valid rows with one-hot targets
+    (label K = background: all zeros; -1 = ignored), values and gradients."""
+    from d2lite.layers import sigmoid_focal_loss_from_labels
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 300, 5, generator=g) * 4).requires_grad_()
+    labels = torch.randint(-1, 6, (2, 300), generator=g)
+    valid = labels >= 0
+    targets = F.one_hot(labels[valid], 6)[:, :5].float()
+    ref = sigmoid_focal_loss(x[valid], targets, alpha=alpha, gamma=gamma, reduction="sum")
+    (ref_grad,) = torch.autograd.grad(ref, x)
+    out = sigmoid_focal_loss_from_labels(x, labels, alpha=alpha, gamma=gamma)
+    (grad,) = torch.autograd.grad(out, x)
+    assert out.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(grad, ref_grad, atol=1e-6)
+    assert torch.all(grad[~valid] == 0)  # ignored rows get no gradient
+
+
+def test_sigmoid_focal_loss_from_labels_hand_value_gradcheck_and_errors():
+    from d2lite.layers import sigmoid_focal_loss_from_labels
+
+    # one row, class 0 positive with logit 0, class 1 negative with logit 0:
+    # 0.25 * 0.5^2 * ln 2 + 0.75 * 0.5^2 * ln 2
+    out = sigmoid_focal_loss_from_labels(torch.zeros(1, 2), torch.tensor([0]))
+    assert out.item() == pytest.approx(0.25 * math.log(2), rel=1e-6)
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 3, -1, 2])
+    assert torch.autograd.gradcheck(lambda t: sigmoid_focal_loss_from_labels(t, labels, 0.3, 1.5), (x,))
+    # large logits stay finite
+    big = torch.tensor([[100.0, -100.0], [-100.0, 100.0]], requires_grad=True)
+    loss = sigmoid_focal_loss_from_labels(big, torch.tensor([0, 0]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(big.grad).all()
+    assert loss.item() == pytest.approx(0.25 * 100.0 + 0.75 * 100.0, rel=1e-4)
+    with pytest.raises(ValueError, match="shape"):
+        sigmoid_focal_loss_from_labels(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer"):
+        sigmoid_focal_loss_from_labels(torch.zeros(3, 2), torch.zeros(3))

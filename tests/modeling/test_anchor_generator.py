@@ -52,3 +52,19 @@ def test_bad_arguments():
     ag = DefaultAnchorGenerator(sizes=[[32], [64]], aspect_ratios=[[1.0]], strides=[8, 16])
     with pytest.raises(ValueError, match="2 levels"):
         ag([torch.zeros(1, 1, 2, 2)])
+
+
+def test_anchors_are_cached_per_feature_map_size():
+    gen = DefaultAnchorGenerator(sizes=[[32.0]], aspect_ratios=[[1.0]], strides=[8, 16])
+    feats = [torch.zeros(1, 1, 4, 5), torch.zeros(1, 1, 2, 3)]
+    first = gen(feats)
+    again = gen([torch.zeros(2, 3, 4, 5), torch.zeros(2, 3, 2, 3)])  # same sizes, other batch/channels
+    assert all(a.tensor is b.tensor for a, b in zip(first, again))
+    other = gen([torch.zeros(1, 1, 6, 5), torch.zeros(1, 1, 3, 3)])
+    assert other[0].tensor.shape == (30, 4) and other[0].tensor is not first[0].tensor
+    # the cached values are the computed ones
+    fresh = DefaultAnchorGenerator(sizes=[[32.0]], aspect_ratios=[[1.0]], strides=[8, 16])
+    assert all(torch.equal(a.tensor, b.tensor) for a, b in zip(fresh(feats), first))
+    for h in range(20):  # bounded: least recently used sizes are dropped
+        gen([torch.zeros(1, 1, h + 10, 5), torch.zeros(1, 1, 2, 3)])
+    assert len(gen._anchor_cache) == DefaultAnchorGenerator._CACHE_SIZE

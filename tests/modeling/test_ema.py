@@ -149,3 +149,30 @@ def test_bad_arguments():
         ema.update(_lin([0.0, 0.0], 0.0), 1)
     with pytest.raises(KeyError, match="do not match"):
         ema.update(nn.Linear(2, 1, bias=False), 2)
+
+
+def test_update_reuses_its_plan_without_state_dicts():
+    """After the first update, updates do not rebuild state dicts (the tensors are grouped
+    once) and still follow the formula; pickling drops the cached plan."""
+    import pickle
+
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3))
+    ema = ModelEMA(model, momentum=0.5, update_buffers=True)
+    ema.update(model)
+
+    def no_state_dict(*args, **kwargs):
+        raise AssertionError("state_dict rebuilt during update")
+
+    model.state_dict = no_state_dict
+    ema.module.state_dict = no_state_dict
+    before = ema.module[0].weight.clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.fill_(2.0)
+    ema.update(model)
+    assert torch.allclose(ema.module[0].weight, 0.5 * before + 0.5 * model[0].weight)
+    assert torch.allclose(ema.module[1].running_mean, torch.full((3,), 1.0))
+    assert ema.module[1].num_batches_tracked.item() == model[1].num_batches_tracked.item()
+    del model.state_dict, ema.module.state_dict
+    clone = pickle.loads(pickle.dumps(ema))
+    assert "_plan" not in clone.__dict__ and int(clone.steps) == 2

@@ -422,3 +422,24 @@ def test_non_finite_input():
     with torch.no_grad():
         out = model([{"image": batch[0]["image"]}])[0]["instances"]
     assert torch.isfinite(out.pred_boxes.tensor).all() and torch.isfinite(out.scores).all()
+
+
+@pytest.mark.parametrize("num_pass", [30, 5000])
+def test_decode_per_level_same_pairs_whether_few_or_most_pass(num_pass):
+    """Threshold then top-k, or (when more than k pass) top-k of all pairs: the same
+    (anchor, class, score) triples as detectron2's threshold + nonzero + topk."""
+    model = build_tiny_retinanet()
+    g = torch.Generator().manual_seed(0)
+    num_anchors, k = 2000, model.num_classes
+    scores = torch.rand(num_anchors, k, generator=g) * 0.5
+    flat = scores.flatten()
+    flat[torch.randperm(flat.numel(), generator=g)[:num_pass]] += 0.5  # these pass 0.5
+    anchors = Boxes(torch.rand(num_anchors, 4, generator=g).cumsum(1) * 10)
+    deltas = torch.zeros(num_anchors, 4)
+    out = model._decode_per_level_predictions(anchors, scores, deltas, 0.5, 100, (64, 64))
+    keep = scores > 0.5
+    ref_scores, idx = scores[keep].topk(min(100, int(keep.sum())))
+    ref_pairs = torch.nonzero(keep)[idx]
+    assert torch.equal(out.scores, ref_scores)
+    assert torch.equal(out.pred_classes, ref_pairs[:, 1])
+    assert torch.allclose(out.pred_boxes.tensor, anchors.tensor[ref_pairs[:, 0]], atol=1e-5)  # zero deltas

@@ -122,6 +122,12 @@ def test_visualize_data_writes_augmented_images(tmp_path):
     assert len(list((tmp_path / "raw").glob("*.png"))) == 2
 
 
+def test_visualize_data_unknown_loader_is_a_clear_error(tmp_path, capsys):
+    code = visualize_data.main(["--config-file", CONFIG, "--loader", "train_stage9", "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "dataloader.train_stage9" in err and "'train'" in err
+
+
 def test_benchmark_reports_each_task(capsys):
     assert (
         benchmark.main(

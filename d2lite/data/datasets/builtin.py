@@ -6,7 +6,8 @@ COCO 2017 is expected under ``$D2LITE_DATASETS`` (default ``./datasets``)::
     coco/{train,val}2017/
 
 Files are only read when ``DatasetCatalog.get(name)`` is called. The synthetic
-``shapes_train`` / ``shapes_val`` are generated under ``<root>/shapes`` on first use.
+``shapes_train`` / ``shapes_val`` are generated under ``<root>/shapes`` on first use,
+``shapes_eval`` (a second generator, for evaluation only) under ``<root>/shapes_eval``.
 """
 import os
 from typing import Any, Dict, List
@@ -17,8 +18,9 @@ from ..catalog import DatasetCatalog, MetadataCatalog
 from .builtin_meta import _get_builtin_metadata
 from .coco import load_coco_json
 from .shapes import register_all_shapes
+from .shapes_eval import register_shapes_eval
 
-__all__ = ["register_all_coco", "register_all_shapes"]
+__all__ = ["register_all_coco", "register_all_shapes", "register_shapes_eval"]
 
 _PREDEFINED_SPLITS_COCO = {
     "coco_2017_train": ("coco/train2017", "coco/annotations/instances_train2017.json"),
@@ -67,3 +69,4 @@ if __name__.endswith(".builtin"):
     _root = _default_root()
     register_all_coco(_root)
     register_all_shapes(_root)
+    register_shapes_eval(_root)

@@ -309,7 +309,7 @@ def _paths(root: str, split: str) -> tuple[str, str]:
     return os.path.join(root, f"{split}.json"), os.path.join(root, split)
 
 
-def _check_existing(json_file: str, image_root: str, num_images: int, seed: int) -> None:
+def _check_existing(json_file: str, image_root: str, num_images: int, seed: int, version: int) -> None:
     """Raise if the finished split at ``json_file`` was made with other parameters."""
     with open(json_file) as f:
         try:
@@ -319,10 +319,10 @@ def _check_existing(json_file: str, image_root: str, num_images: int, seed: int)
                 f"{json_file} is not valid json ({e}); delete it and {image_root} to regenerate the split."
             ) from e
     made = (info.get("num_images"), info.get("seed"), info.get("generator_version"))
-    if made != (num_images, seed, GENERATOR_VERSION):
+    if made != (num_images, seed, version):
         raise ValueError(
             f"{json_file} holds a shapes split made with (num_images, seed, generator_version)"
-            f"={made}, but {(num_images, seed, GENERATOR_VERSION)} was requested. Delete "
+            f"={made}, but {(num_images, seed, version)} was requested. Delete "
             f"{json_file} and {image_root} to regenerate, or use another root."
         )
     if not os.path.isdir(image_root):
@@ -332,7 +332,14 @@ def _check_existing(json_file: str, image_root: str, num_images: int, seed: int)
         )
 
 
-def generate_shapes(root: str, split: str, num_images: int, seed: int) -> tuple[str, str]:
+def generate_shapes(
+    root: str,
+    split: str,
+    num_images: int,
+    seed: int,
+    render: Callable[[int, int], ShapesImage] | None = None,
+    version: int = GENERATOR_VERSION,
+) -> tuple[str, str]:
     """Write the images and COCO json of one shapes split, unless they already exist.
 
     Safe to interrupt and safe to call from several processes at once: images go to
@@ -344,16 +351,23 @@ def generate_shapes(root: str, split: str, num_images: int, seed: int) -> tuple[
         root: folder of the shapes dataset (e.g. ``datasets/shapes``).
         split: split name, used for the image folder and json names.
         num_images: number of images.
-        seed: split seed; image ``i`` is ``render_shapes_image(seed, i)``.
+        seed: split seed; image ``i`` is ``render(seed, i)``.
+        render: the drawing function ``(seed, index) -> ShapesImage``. Defaults to
+            :func:`render_shapes_image` (another
+            generator, e.g. :mod:`.shapes_eval`, passes its own).
+        version: generator version stored in the json; a split on disk made with another
+            version (or size, seed) is an error. Defaults to ``GENERATOR_VERSION``.
 
     Returns:
         (json_file, image_root)
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images} for shapes split {split!r}")
+    if render is None:
+        render = render_shapes_image
     json_file, image_root = _paths(root, split)
     if os.path.isfile(json_file):
-        _check_existing(json_file, image_root, num_images, seed)
+        _check_existing(json_file, image_root, num_images, seed, version)
         return json_file, image_root
 
     os.makedirs(root, exist_ok=True)
@@ -366,7 +380,7 @@ def generate_shapes(root: str, split: str, num_images: int, seed: int) -> tuple[
     try:
         images, annotations = [], []
         for index in range(num_images):
-            sample = render_shapes_image(seed, index)
+            sample = render(seed, index)
             h, w = sample.image.shape[:2]
             Image.fromarray(sample.image).save(
                 os.path.join(tmp_dir, _file_name(index)), format="JPEG", quality=JPEG_QUALITY, subsampling=0
@@ -389,7 +403,7 @@ def generate_shapes(root: str, split: str, num_images: int, seed: int) -> tuple[
                 "description": f"d2lite synthetic shapes, split {split}",
                 "num_images": num_images,
                 "seed": seed,
-                "generator_version": GENERATOR_VERSION,
+                "generator_version": version,
             },
             "images": images,
             "annotations": annotations,

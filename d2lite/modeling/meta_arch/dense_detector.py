@@ -268,6 +268,8 @@ class DenseDetector(nn.Module):
         """
         Decode one feature level: keep scores > ``score_thresh``, then the
         ``topk_candidates`` best (anchor, class) pairs, and transform their deltas.
+        (When more pairs than that pass the threshold, the top k of all pairs are taken
+        directly: the same pairs, without gathering every kept score first.)
 
         Args:
             anchors: the level's R anchors.
@@ -278,13 +280,19 @@ class DenseDetector(nn.Module):
             Instances with "pred_boxes", "scores", "pred_classes".
         """
         keep_idxs = pred_scores > score_thresh
-        pred_scores = pred_scores[keep_idxs]
-        topk_idxs = torch.nonzero(keep_idxs)  # (K', 2): (anchor index, class index)
-
-        num_topk = min(topk_candidates, topk_idxs.size(0))
-        pred_scores, idxs = pred_scores.topk(num_topk)
-        topk_idxs = topk_idxs[idxs]
-        anchor_idxs, classes_idxs = topk_idxs.unbind(dim=1)
+        num_kept = int(keep_idxs.sum())
+        if num_kept > topk_candidates:
+            # Most pairs pass the threshold: take the top k of all pairs directly (they are
+            # all above it) instead of gathering the kept ones first: the same pairs (up to
+            # ties at the k-th score), in decreasing order.
+            pred_scores, flat_idxs = pred_scores.flatten().topk(topk_candidates)
+            num_classes = keep_idxs.shape[1]
+            anchor_idxs, classes_idxs = flat_idxs // num_classes, flat_idxs % num_classes
+        else:
+            pred_scores = pred_scores[keep_idxs]
+            topk_idxs = torch.nonzero(keep_idxs)  # (K', 2): (anchor index, class index)
+            pred_scores, idxs = pred_scores.topk(num_kept)
+            anchor_idxs, classes_idxs = topk_idxs[idxs].unbind(dim=1)
 
         pred_boxes = self.box2box_transform.apply_deltas(pred_deltas[anchor_idxs], anchors.tensor[anchor_idxs])
         return Instances(image_size, pred_boxes=Boxes(pred_boxes), scores=pred_scores, pred_classes=classes_idxs)

@@ -6,10 +6,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from d2lite.config import configurable
-from d2lite.layers import ShapeSpec, batched_nms, cat, get_norm, sigmoid_focal_loss
+from d2lite.layers import ShapeSpec, batched_nms, get_norm, sigmoid_focal_loss_from_labels
 from d2lite.structures import Boxes, ImageList, Instances, pairwise_iou
 from d2lite.utils.events import get_event_storage
 
@@ -210,14 +209,13 @@ class RetinaNet(DenseDetector):
             "loss_normalizer", max(num_pos_anchors, 1), 100, momentum=self.loss_normalizer_momentum
         )
 
-        # One-hot targets without a column for the background class (it gets no loss).
-        gt_labels_target = F.one_hot(gt_labels[valid_mask], num_classes=self.num_classes + 1)[:, :-1]
-        loss_cls = sigmoid_focal_loss(
-            cat(pred_logits, dim=1)[valid_mask],
-            gt_labels_target.to(pred_logits[0].dtype),
-            alpha=self.focal_loss_alpha,
-            gamma=self.focal_loss_gamma,
-            reduction="sum",
+        # Focal loss against one-hot targets without a column for the background class
+        # (label num_classes), ignored anchors (label -1) excluded; computed level by
+        # level on the (N, Hi*Wi*A, K) predictions, without concatenating them.
+        labels_per_level = gt_labels.split([x.shape[1] for x in pred_logits], dim=1)
+        loss_cls = sum(
+            sigmoid_focal_loss_from_labels(logits, labels, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma)
+            for logits, labels in zip(pred_logits, labels_per_level)
         )
         loss_box_reg = _dense_box_regression_loss(
             anchors,

@@ -10,9 +10,11 @@ loads after a prefix rename only (see :mod:`rtmdet.converter`).
 from typing import Callable, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from d2lite.layers import get_norm
+from d2lite.layers.batch_norm import frozen_affine
 
 __all__ = [
     "ConvModule",
@@ -37,8 +39,10 @@ def get_activation(act: Union[str, None]) -> nn.Module:
     if act is None or act == "":
         return nn.Identity()
     table = {
-        "SiLU": lambda: nn.SiLU(inplace=True),
-        "Swish": lambda: nn.SiLU(inplace=True),
+        # Not in place: SiLU's backward needs its input, so an in-place SiLU makes autograd
+        # clone the input first (an extra pass over every activation in training).
+        "SiLU": lambda: nn.SiLU(),
+        "Swish": lambda: nn.SiLU(),
         "ReLU": lambda: nn.ReLU(inplace=True),
         "LeakyReLU": lambda: nn.LeakyReLU(0.1, inplace=True),
     }
@@ -98,6 +102,16 @@ class ConvModule(nn.Module):
             nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        # In eval mode BN is a fixed affine map: fold it into the conv (one pass over the
+        # activations fewer; the same numbers up to floating-point rounding).
+        affine = frozen_affine(self.bn)
+        if affine is not None:
+            scale, shift = affine
+            conv = self.conv
+            weight = conv.weight * scale.to(conv.weight.dtype).reshape(-1, 1, 1, 1)
+            bias = shift if conv.bias is None else conv.bias * scale + shift
+            x = F.conv2d(x, weight, bias.to(weight.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+            return self.activate(x)
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
@@ -147,7 +161,11 @@ class ChannelAttention(nn.Module):
 
 class SPPBottleneck(nn.Module):
     """Spatial pyramid pooling: 1x1 conv to half the channels, max-pools of each kernel size
-    (stride 1, same padding) run in parallel and concatenated with their input, then a 1x1 conv.
+    (stride 1, same padding) concatenated with their input, then a 1x1 conv.
+
+    Growing odd kernels (mmdetection's 5, 9, 13) are computed as a cascade of pools
+    (SPPF, the same values; a tie between maxima may route the gradient to another of
+    the tied inputs).
     """
 
     def __init__(
@@ -167,8 +185,20 @@ class SPPBottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(x)
-        x = torch.cat([x] + [pool(x) for pool in self.poolings], dim=1)
-        return self.conv2(x)
+        kernels = [pool.kernel_size for pool in self.poolings]
+        if all(isinstance(k, int) and k % 2 == 1 for k in kernels) and kernels == sorted(kernels):
+            # Max-pools of growing odd kernels (stride 1, padding k // 2) as a cascade:
+            # pool_b(pool_a(x)) == pool_{a + b - 1}(x) exactly, e.g. 9 = 5 then 5, 13 = 9 then 5
+            # (SPPF): 3 small pools instead of 5x5, 9x9 and 13x13 ones.
+            outs, y, prev = [x], x, 1
+            for k in kernels:
+                step = k - prev + 1
+                y = F.max_pool2d(y, step, stride=1, padding=step // 2) if step > 1 else y
+                outs.append(y)
+                prev = k
+        else:
+            outs = [x] + [pool(x) for pool in self.poolings]
+        return self.conv2(torch.cat(outs, dim=1))
 
 
 class CSPNeXtBlock(nn.Module):

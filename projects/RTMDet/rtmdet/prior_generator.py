@@ -1,6 +1,7 @@
 """Point priors and the distance box coder of RTMDet (mmdetection's MlvlPointGenerator
 and DistancePointBBoxCoder)."""
 
+import collections
 import math
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -59,6 +60,8 @@ class MlvlPointGenerator:
         sh = xx.new_full((yy.shape[0],), stride_h)
         return torch.stack([xx, yy, sw, sh], dim=-1)
 
+    _CACHE_SIZE = 16
+
     def grid_priors(
         self,
         featmap_sizes: Sequence[Tuple[int, int]],
@@ -66,16 +69,29 @@ class MlvlPointGenerator:
         device: Union[str, torch.device] = "cpu",
         with_stride: bool = False,
     ) -> List[Tensor]:
-        """Points of every level; ``featmap_sizes`` is one (H, W) per level."""
+        """Points of every level; ``featmap_sizes`` is one (H, W) per level.
+
+        Cached per (sizes, dtype, device, with_stride) (LRU of 16): the returned tensors
+        are shared between calls, do not modify them in place."""
         if len(featmap_sizes) != self.num_levels:
             raise ValueError(
                 f"MlvlPointGenerator has {self.num_levels} strides {self.strides} but got "
                 f"{len(featmap_sizes)} feature map sizes."
             )
-        return [
-            self.single_level_grid_priors(featmap_sizes[i], i, dtype=dtype, device=device, with_stride=with_stride)
-            for i in range(self.num_levels)
-        ]
+        key = (tuple((int(h), int(w)) for h, w in featmap_sizes), dtype, str(torch.device(device)), with_stride)
+        cache = self.__dict__.setdefault("_cache", collections.OrderedDict())
+        priors = cache.get(key)
+        if priors is None:
+            priors = [
+                self.single_level_grid_priors(featmap_sizes[i], i, dtype=dtype, device=device, with_stride=with_stride)
+                for i in range(self.num_levels)
+            ]
+            cache[key] = priors
+            while len(cache) > self._CACHE_SIZE:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return priors
 
     def valid_flags(
         self,

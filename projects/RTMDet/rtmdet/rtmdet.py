@@ -130,7 +130,7 @@ class RTMDet(DenseDetector):
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Pad raw images with ``pad_value`` to a common size divisible by the backbone's
         ``size_divisibility`` (or to ``fixed_input_size``), then normalise (so padding
-        equals mmdetection's 114 pixels)."""
+        equals mmdetection's 114 pixels). On the CPU the batch is channels-last."""
         images = [self.input_image(i, x).float() for i, x in enumerate(batched_inputs)]
         raw = ImageList.from_tensors(
             images,
@@ -148,7 +148,12 @@ class RTMDet(DenseDetector):
                     "resize the images in the data mapper (e.g. ResizeShortestEdge(640, max_size=640))."
                 )
             tensor = torch.nn.functional.pad(tensor, (0, fw - w, 0, fh - h), value=self.pad_value)
-        return ImageList((tensor - self.pixel_mean) / self.pixel_std, raw.image_sizes)
+        tensor = (tensor - self.pixel_mean) / self.pixel_std
+        if tensor.device.type == "cpu":
+            # Channels-last input makes every conv (and the BN, SiLU, pooling, cat around
+            # them) run channels-last: ~15-20% faster training on a CPU (benchmarks/compare.md).
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return ImageList(tensor, raw.image_sizes)
 
     def _priors(self, cls_scores: List[Tensor]) -> Tuple[List[Tuple[int, int]], Tensor]:
         sizes = [tuple(x.shape[-2:]) for x in cls_scores]
@@ -259,9 +264,12 @@ class RTMDet(DenseDetector):
                 scores = scores[keep]
                 idxs = keep.nonzero()  # (K, 2): (prior, class)
                 num_topk = min(self.test_topk_candidates, idxs.size(0))
-                scores, order = scores.sort(descending=True)
-                scores = scores[:num_topk]
-                prior_idx, class_idx = idxs[order[:num_topk]].unbind(dim=1)
+                # the best num_topk, in decreasing order (a partial sort when fewer are kept)
+                if num_topk < scores.numel():
+                    scores, order = scores.topk(num_topk)
+                else:
+                    scores, order = scores.sort(descending=True)
+                prior_idx, class_idx = idxs[order].unbind(dim=1)
                 boxes = self.bbox_coder.decode(priors[prior_idx], dist_l[img_idx][prior_idx], max_shape=image_size)
                 boxes_all.append(boxes)
                 scores_all.append(scores)

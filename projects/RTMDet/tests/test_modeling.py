@@ -286,3 +286,21 @@ def test_vis_period_puts_prediction_image():
         assert len(storage._vis_data) == 1
         assert "num_pos_priors" in storage.histories()
     assert model._current_inputs is None
+
+
+def test_spp_cascade_equals_parallel_pools_and_cpu_batch_is_channels_last():
+    """SPPBottleneck's 5/9/13 max-pools computed as a cascade of 5x5 pools give exactly the
+    parallel pools' values; on the CPU RTMDet's batch is channels-last."""
+    from rtmdet.layers import SPPBottleneck
+
+    torch.manual_seed(0)
+    spp = SPPBottleneck(8, 8).eval()
+    x = torch.randn(2, 8, 13, 11)
+    mid = spp.conv1(x)
+    ref = spp.conv2(torch.cat([mid] + [pool(mid) for pool in spp.poolings], dim=1))
+    assert torch.equal(spp(x), ref)
+
+    model = tiny_rtmdet()
+    batch = synthetic_batch()
+    images = model.preprocess_image(batch)
+    assert images.tensor.is_contiguous(memory_format=torch.channels_last)

@@ -47,3 +47,14 @@ def test_coder_encode_decode_and_clamp():
     assert coder.encode(points, boxes, max_dis=5.0).max() == pytest.approx(4.9)
     with pytest.raises(ValueError, match="encode"):
         coder.encode(points, boxes[:1])
+
+
+def test_grid_priors_cached_per_sizes():
+    gen = MlvlPointGenerator([8, 16], offset=0.0)
+    a = gen.grid_priors([(4, 5), (2, 3)], with_stride=True)
+    b = gen.grid_priors([(4, 5), (2, 3)], with_stride=True)
+    assert all(x is y for x, y in zip(a, b))
+    c = gen.grid_priors([(4, 5), (2, 3)], with_stride=False)  # another key
+    assert c[0].shape == (20, 2)
+    fresh = MlvlPointGenerator([8, 16], offset=0.0).grid_priors([(4, 5), (2, 3)], with_stride=True)
+    assert all(torch.equal(x, y) for x, y in zip(a, fresh))

@@ -1,0 +1,331 @@
+"""mmdetection 3.x's multi-image training transforms: ``CachedMosaic`` and ``CachedMixUp``.
+
+Both keep a cache of recent samples *inside the augmentation object*, as mmdetection
+does. A data-loader worker process gets its own copy of the mapper, so each worker
+has its own caches, filled with the samples that worker mapped (with ``num_workers=0``
+the main process holds them). Rebuilding the data loader (e.g. the pipeline switch of
+:class:`rtmdet.hooks.PipelineSwitchHook`) starts with empty caches.
+
+Each sample is added to the cache *before* the mix, so with ``random_pop`` a cache
+holds a random subset of the last samples; the mixed-in samples are drawn from the
+cache without the current one (mmdetection draws ``randint(0, len(cache) - 1)``,
+whose upper bound is exclusive, so the newest entry, the current sample, is never
+drawn). While the cache is short (<= 4 entries for the mosaic, <= 1 for mixup) the
+sample passes unchanged.
+
+The augmentations work on :class:`rtmdet.transforms.DetAugInput` (image, boxes, labels,
+random generator) in place. They return a :class:`~d2lite.data.transforms.NoOpTransform`:
+a mix is not a single-image transform, the result is in the input.
+"""
+
+from typing import List, NamedTuple, Sequence, Tuple
+
+import numpy as np
+
+from d2lite.data import transforms as T
+
+from .transforms import DetAugInput, boxes_inside, clip_boxes, resize_bilinear
+
+__all__ = ["CachedSample", "CachedMosaic", "CachedMixUp", "mosaic_combine"]
+
+
+class CachedSample(NamedTuple):
+    """A cache entry: ``image`` (H, W, C) uint8, ``boxes`` (N, 4) float32 XYXY, ``classes`` (N,) int64."""
+
+    image: np.ndarray
+    boxes: np.ndarray
+    classes: np.ndarray
+
+
+class _ResultCache:
+    """A list of at most ``max_size`` samples; when full, one entry is popped after each
+    append (a random one but never the newest if ``random_pop``, else the oldest)."""
+
+    def __init__(self, max_size: int, random_pop: bool):
+        self.max_size = max_size
+        self.random_pop = random_pop
+        self.entries: List[CachedSample] = []
+
+    def add(self, aug_input: DetAugInput) -> None:
+        self.entries.append(CachedSample(aug_input.image.copy(), aug_input.boxes.copy(), aug_input.classes.copy()))
+        if len(self.entries) > self.max_size:
+            index = int(aug_input.rng.integers(0, len(self.entries) - 1)) if self.random_pop else 0
+            self.entries.pop(index)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def mosaic_combine(
+    loc: str, center_xy: Tuple[int, int], img_wh: Tuple[int, int], img_scale: Tuple[int, int]
+) -> Tuple[Tuple[int, int, int, int], Tuple[int, int, int, int]]:
+    """Where a (resized) sub-image goes on the ``2 * img_scale`` mosaic canvas.
+
+    Args:
+        loc: "top_left", "top_right", "bottom_left" or "bottom_right" of the centre.
+        center_xy: mosaic centre (x, y) on the canvas.
+        img_wh: (width, height) of the sub-image.
+        img_scale: (height, width) of one mosaic cell; the canvas is twice as large.
+
+    Returns:
+        ``(paste, crop)``: ``paste`` = (x1, y1, x2, y2) on the canvas and ``crop`` =
+        (x1, y1, x2, y2) in the sub-image, of equal size. The top-left image touches the
+        centre with its bottom-right corner and is cut at the canvas' top/left border, etc.
+
+    Example: centre (700, 600), a 640x480 (w x h) image at "top_left" -> paste
+    (60, 120, 700, 600), crop (0, 0, 640, 480).
+    """
+    cx, cy = center_xy
+    w, h = img_wh
+    if loc == "top_left":
+        x1, y1, x2, y2 = max(cx - w, 0), max(cy - h, 0), cx, cy
+        crop = (w - (x2 - x1), h - (y2 - y1), w, h)
+    elif loc == "top_right":
+        x1, y1, x2, y2 = cx, max(cy - h, 0), min(cx + w, img_scale[1] * 2), cy
+        crop = (0, h - (y2 - y1), min(w, x2 - x1), h)
+    elif loc == "bottom_left":
+        x1, y1, x2, y2 = max(cx - w, 0), cy, cx, min(img_scale[0] * 2, cy + h)
+        crop = (w - (x2 - x1), 0, w, min(y2 - y1, h))
+    elif loc == "bottom_right":
+        x1, y1, x2, y2 = cx, cy, min(cx + w, img_scale[1] * 2), min(img_scale[0] * 2, cy + h)
+        crop = (0, 0, min(w, x2 - x1), min(y2 - y1, h))
+    else:
+        raise ValueError(f"mosaic_combine: unknown location {loc!r}.")
+    return (x1, y1, x2, y2), crop
+
+
+_LOCATIONS = ("top_left", "top_right", "bottom_left", "bottom_right")
+
+
+class CachedMosaic(T.Augmentation):
+    """mmdetection's ``CachedMosaic``: four images around a random centre on a
+    ``2 * img_scale`` canvas filled with ``pad_val``.
+
+    Steps (for a sample, with its ``rng``):
+
+    1. add the sample to the cache (pop one entry when it holds ``max_cached_images + 1``);
+       return unchanged if the cache has <= 4 entries or ``rng.uniform() > prob``;
+    2. draw three cached samples (:mod:`module docstring <rtmdet.mix_transforms>`) and the
+       centre ``(int(U(0.5, 1.5) * img_scale[1]), int(U(0.5, 1.5) * img_scale[0]))``;
+    3. :meth:`combine`: the current sample top-left, the drawn ones top-right,
+       bottom-left, bottom-right.
+
+    Per-worker state: the cache (see the module docstring).
+
+    Args:
+        img_scale: (height, width) of one mosaic cell. Defaults to (640, 640).
+        center_ratio_range: Defaults to (0.5, 1.5).
+        bbox_clip_border: clip boxes to the canvas. Defaults to True.
+        pad_val: canvas fill value. Defaults to 114.
+        prob: probability of a mosaic once the cache is full enough. Defaults to 1.0.
+        max_cached_images: cache size (>= 4). Defaults to 40 (RTMDet-tiny: 20).
+        random_pop: pop a random entry (True) or the oldest (False) from a full cache.
+            Defaults to True (RTMDet-tiny: False).
+    """
+
+    def __init__(
+        self,
+        img_scale: Tuple[int, int] = (640, 640),
+        center_ratio_range: Tuple[float, float] = (0.5, 1.5),
+        bbox_clip_border: bool = True,
+        pad_val: float = 114.0,
+        prob: float = 1.0,
+        max_cached_images: int = 40,
+        random_pop: bool = True,
+    ):
+        super().__init__()
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"CachedMosaic: prob must be in [0, 1], got {prob}.")
+        if max_cached_images < 4:
+            raise ValueError(f"CachedMosaic: max_cached_images must be >= 4, got {max_cached_images}.")
+        self.img_scale = (int(img_scale[0]), int(img_scale[1]))
+        self.center_ratio_range = tuple(center_ratio_range)
+        self.bbox_clip_border = bbox_clip_border
+        self.pad_val = pad_val
+        self.prob = prob
+        self.max_cached_images = max_cached_images
+        self.random_pop = random_pop
+        self.cache = _ResultCache(max_cached_images, random_pop)
+
+    def combine(self, samples: Sequence[CachedSample], center_xy: Tuple[int, int]) -> CachedSample:
+        """The mosaic of four samples (top-left, top-right, bottom-left, bottom-right).
+
+        Each image is resized by ``r = min(img_scale[0] / h, img_scale[1] / w)`` to
+        ``(int(w * r), int(h * r))``, cropped and pasted (:func:`mosaic_combine`); its
+        boxes are scaled by ``r`` and shifted by the paste offset; all boxes are clipped
+        to the canvas (``bbox_clip_border``) and those outside it dropped
+        (:func:`~rtmdet.transforms.boxes_inside`).
+        """
+        first = samples[0].image
+        canvas_shape = (self.img_scale[0] * 2, self.img_scale[1] * 2) + first.shape[2:]
+        canvas = np.full(canvas_shape, self.pad_val, dtype=first.dtype)
+        all_boxes, all_classes = [], []
+        for loc, sample in zip(_LOCATIONS, samples):
+            h, w = sample.image.shape[:2]
+            ratio = min(self.img_scale[0] / h, self.img_scale[1] / w)
+            img = resize_bilinear(sample.image, int(w * ratio), int(h * ratio))
+            (x1p, y1p, x2p, y2p), (x1c, y1c, x2c, y2c) = mosaic_combine(
+                loc, center_xy, (img.shape[1], img.shape[0]), self.img_scale
+            )
+            canvas[y1p:y2p, x1p:x2p] = img[y1c:y2c, x1c:x2c]
+            boxes = sample.boxes * np.float32(ratio)
+            boxes = boxes + np.array([x1p - x1c, y1p - y1c] * 2, dtype=np.float32)
+            all_boxes.append(boxes)
+            all_classes.append(sample.classes)
+        boxes = np.concatenate(all_boxes, 0).astype(np.float32, copy=False)
+        classes = np.concatenate(all_classes, 0)
+        height, width = canvas.shape[:2]
+        if self.bbox_clip_border:
+            boxes = clip_boxes(boxes, height, width)
+        inside = boxes_inside(boxes, height, width)
+        return CachedSample(canvas, boxes[inside], classes[inside])
+
+    def __call__(self, aug_input: DetAugInput) -> T.Transform:
+        rng = aug_input.rng
+        self.cache.add(aug_input)
+        if len(self.cache) <= 4 or rng.uniform(0, 1) > self.prob:
+            return T.NoOpTransform()
+        entries = self.cache.entries
+        indices = [int(rng.integers(0, len(entries) - 1)) for _ in range(3)]
+        center_x = int(rng.uniform(*self.center_ratio_range) * self.img_scale[1])
+        center_y = int(rng.uniform(*self.center_ratio_range) * self.img_scale[0])
+        current = CachedSample(aug_input.image, aug_input.boxes, aug_input.classes)
+        out = self.combine([current] + [entries[i] for i in indices], (center_x, center_y))
+        aug_input.image, aug_input.boxes, aug_input.classes = out
+        return T.NoOpTransform()
+
+
+class CachedMixUp(T.Augmentation):
+    """mmdetection's ``CachedMixUp``: blend the sample 0.5/0.5 with a cached one.
+
+    Steps (for a sample, with its ``rng``):
+
+    1. add the sample to the cache (pop one entry beyond ``max_cached_images``); return
+       unchanged if the cache has <= 1 entry or ``rng.uniform() > prob``;
+    2. draw a cached sample, redrawing up to ``max_iters`` times while it has no box;
+       return unchanged if the last draw has none;
+    3. :meth:`mix` with ``jit_factor = U(*ratio_range)``, ``flip = U(0, 1) > flip_ratio``
+       and, where the jittered image is larger than the sample, random integer offsets.
+
+    Per-worker state: the cache (see the module docstring).
+
+    Args:
+        img_scale: (height, width) the cached image is fitted into. Defaults to (640, 640).
+        ratio_range: scale jitter of the cached image. Defaults to (0.5, 1.5) (RTMDet: (1.0, 1.0)).
+        flip_ratio: the cached image is flipped if ``U(0, 1) > flip_ratio``. Defaults to 0.5.
+        pad_val: fill value around the fitted cached image. Defaults to 114.
+        max_iters: draws to find a cached sample with boxes. Defaults to 15.
+        bbox_clip_border: Defaults to True.
+        max_cached_images: cache size (>= 2). Defaults to 20 (RTMDet-tiny: 10).
+        random_pop: Defaults to True (RTMDet-tiny: False).
+        prob: Defaults to 1.0 (RTMDet-tiny: 0.5).
+    """
+
+    def __init__(
+        self,
+        img_scale: Tuple[int, int] = (640, 640),
+        ratio_range: Tuple[float, float] = (0.5, 1.5),
+        flip_ratio: float = 0.5,
+        pad_val: float = 114.0,
+        max_iters: int = 15,
+        bbox_clip_border: bool = True,
+        max_cached_images: int = 20,
+        random_pop: bool = True,
+        prob: float = 1.0,
+    ):
+        super().__init__()
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"CachedMixUp: prob must be in [0, 1], got {prob}.")
+        if max_cached_images < 2:
+            raise ValueError(f"CachedMixUp: max_cached_images must be >= 2, got {max_cached_images}.")
+        if max_iters < 1:
+            raise ValueError(f"CachedMixUp: max_iters must be >= 1, got {max_iters}.")
+        self.img_scale = (int(img_scale[0]), int(img_scale[1]))
+        self.ratio_range = tuple(ratio_range)
+        self.flip_ratio = flip_ratio
+        self.pad_val = pad_val
+        self.max_iters = max_iters
+        self.bbox_clip_border = bbox_clip_border
+        self.max_cached_images = max_cached_images
+        self.random_pop = random_pop
+        self.prob = prob
+        self.cache = _ResultCache(max_cached_images, random_pop)
+
+    def mix(
+        self,
+        sample: CachedSample,
+        other: CachedSample,
+        jit_factor: float,
+        flip: bool,
+        offset_xy: Tuple[int, int] = (0, 0),
+    ) -> CachedSample:
+        """Blend ``other`` into ``sample`` (mmdetection's MixUp arithmetic).
+
+        ``other`` is resized by ``r = min(img_scale[0] / h, img_scale[1] / w)`` into the
+        top-left of an ``img_scale`` canvas of ``pad_val``, the canvas is resized by
+        ``jit_factor`` (to ``int(size * jit_factor)``) and flipped if ``flip``; it is put
+        on a zero canvas at least as large as ``sample`` and the window at ``offset_xy``
+        of ``sample``'s size is cut out. Image: ``uint8(0.5 * sample + 0.5 * window)``
+        (truncated). Boxes of ``other``: scaled by ``r * jit_factor``, clipped to the
+        jittered canvas, flipped in it, shifted by ``-offset``, clipped to ``sample``;
+        then ``sample``'s boxes followed by them, keeping those inside the image
+        (:func:`~rtmdet.transforms.boxes_inside`).
+        """
+        ori = sample.image
+        if ori.ndim != 3 or other.image.ndim != 3:
+            raise ValueError("CachedMixUp needs (H, W, C) images.")
+        target_h, target_w = ori.shape[:2]
+        out = np.full(self.img_scale + other.image.shape[2:], self.pad_val, dtype=np.float32)
+        h, w = other.image.shape[:2]
+        ratio = min(self.img_scale[0] / h, self.img_scale[1] / w)
+        fitted = resize_bilinear(other.image, int(w * ratio), int(h * ratio))
+        out[: fitted.shape[0], : fitted.shape[1]] = fitted
+        ratio *= jit_factor
+        out = resize_bilinear(out, int(out.shape[1] * jit_factor), int(out.shape[0] * jit_factor))
+        if flip:
+            out = out[:, ::-1]
+        origin_h, origin_w = out.shape[:2]
+        padded = np.zeros((max(origin_h, target_h), max(origin_w, target_w)) + ori.shape[2:], dtype=np.uint8)
+        padded[:origin_h, :origin_w] = out  # float -> uint8 truncates, as numpy does in mmdetection
+        x_off, y_off = offset_xy
+        window = padded[y_off : y_off + target_h, x_off : x_off + target_w]
+
+        boxes = other.boxes * np.float32(ratio)
+        if self.bbox_clip_border:
+            boxes = clip_boxes(boxes, origin_h, origin_w)
+        if flip:
+            boxes = np.stack([origin_w - boxes[:, 2], boxes[:, 1], origin_w - boxes[:, 0], boxes[:, 3]], axis=1)
+        boxes = boxes - np.array([x_off, y_off] * 2, dtype=np.float32)
+        if self.bbox_clip_border:
+            boxes = clip_boxes(boxes, target_h, target_w)
+
+        mixed = (0.5 * ori.astype(np.float32) + 0.5 * window.astype(np.float32)).astype(np.uint8)
+        all_boxes = np.concatenate([sample.boxes, boxes], 0).astype(np.float32, copy=False)
+        all_classes = np.concatenate([sample.classes, other.classes], 0)
+        inside = boxes_inside(all_boxes, target_h, target_w)
+        return CachedSample(mixed, all_boxes[inside], all_classes[inside])
+
+    def __call__(self, aug_input: DetAugInput) -> T.Transform:
+        rng = aug_input.rng
+        self.cache.add(aug_input)
+        if len(self.cache) <= 1 or rng.uniform(0, 1) > self.prob:
+            return T.NoOpTransform()
+        entries = self.cache.entries
+        for _ in range(self.max_iters):
+            index = int(rng.integers(0, len(entries) - 1))
+            if len(entries[index].boxes) != 0:
+                break
+        other = entries[index]
+        if len(other.boxes) == 0:
+            return T.NoOpTransform()
+        jit_factor = rng.uniform(*self.ratio_range)
+        flip = rng.uniform(0, 1) > self.flip_ratio
+        # the jittered canvas is int(img_scale * jit_factor); a larger one is cropped at random
+        jit_h, jit_w = int(self.img_scale[0] * jit_factor), int(self.img_scale[1] * jit_factor)
+        target_h, target_w = aug_input.image.shape[:2]
+        y_off = int(rng.integers(0, jit_h - target_h)) if jit_h > target_h else 0
+        x_off = int(rng.integers(0, jit_w - target_w)) if jit_w > target_w else 0
+        current = CachedSample(aug_input.image, aug_input.boxes, aug_input.classes)
+        out = self.mix(current, other, jit_factor, flip, (x_off, y_off))
+        aug_input.image, aug_input.boxes, aug_input.classes = out
+        return T.NoOpTransform()
