@@ -110,6 +110,11 @@ class MapDataset(data.Dataset):
         self._rng = random.Random(42)
         self._fallback_candidates = set(range(len(dataset)))
 
+    @property
+    def dataset(self):
+        """The dataset that ``map_func`` is applied to (its items unmapped)."""
+        return self._dataset
+
     def __len__(self) -> int:
         return len(self._dataset)
 

@@ -26,15 +26,20 @@ run sees exactly the batches and augmentations an uninterrupted run would have s
   continues the sampler from the saved position.
 
 Contract for mappers and multi-image transforms (Mosaic, MixUp, ... in projects): a
-sample's mapping must be a function of the dataset and of the sample's randomness only.
-Draw random numbers from numpy's or python's global RNG (seeded per sample as above) or
-from a generator seeded with ``current_sample().seed``; pick the extra images of a
-multi-image transform by dataset index from those draws and load them through the
-dataset. A cache (e.g. of decoded images, or of the other images of a mix) is allowed
-only as a memo that cannot change the result: a cache of earlier samples *seen by this
-worker* depends on the number of workers and on the timing, and breaks exact resume.
-:func:`current_sample` gives the position, dataset index and seed of the sample being
-mapped, e.g. to key such a memo.
+sample's mapping must be a function of the dataset, the stream and the sample's
+randomness only. Draw random numbers from numpy's or python's global RNG (seeded per
+sample as above) or from a generator seeded with ``current_sample().seed``. The other
+images of a multi-image transform must not come from a cache of the samples *this
+worker* happened to map (that depends on the number of workers, and the cache is empty
+after a resume): take them from the stream instead, which is the same in every worker
+and after a resume. :func:`earlier_sample` gives the sample ``k`` positions earlier on
+this rank (position, dataset index, seed), :func:`raw_item` its unmapped dataset item;
+map it under ``seeded_rngs(sample.seed)`` (or a generator seeded with ``sample.seed``)
+up to the stage the transform mixes at. "The last ``n`` samples of the stream" replaces
+mmdetection's per-worker result cache; a per-process memo of those results keyed by
+position is fine (a miss recomputes the same result), and so are random picks among
+them drawn from the current sample's randomness, or any random pop policy whose
+choices depend only on positions and seeds.
 """
 
 from __future__ import annotations
@@ -59,7 +64,15 @@ from d2lite.utils.env import seed_all_rng
 
 from .common import MapDataset
 
-__all__ = ["TrainDataStream", "StreamSample", "current_sample", "sample_seed", "seeded_rngs"]
+__all__ = [
+    "TrainDataStream",
+    "StreamSample",
+    "current_sample",
+    "earlier_sample",
+    "raw_item",
+    "sample_seed",
+    "seeded_rngs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +121,7 @@ class StreamSample:
 
 
 _CURRENT_SAMPLE: Optional[StreamSample] = None
+_CURRENT_STREAM: Optional[_SeededSamples] = None
 
 
 def current_sample() -> Optional[StreamSample]:
@@ -116,31 +130,79 @@ def current_sample() -> Optional[StreamSample]:
     return _CURRENT_SAMPLE
 
 
+def earlier_sample(steps: int) -> Optional[StreamSample]:
+    """The sample ``steps`` (>= 1) positions before :func:`current_sample` in this rank's
+    stream (its global position is ``current.position - steps * world_size``), or None
+    before the start of the stream. The same in every worker and after a resume."""
+    if _CURRENT_SAMPLE is None or _CURRENT_STREAM is None:
+        raise RuntimeError("earlier_sample() is only available while a TrainDataStream maps a sample.")
+    if steps < 1:
+        raise ValueError(f"earlier_sample: steps must be >= 1, got {steps}.")
+    stream = _CURRENT_STREAM
+    local = (_CURRENT_SAMPLE.position - stream.rank) // stream.world_size - steps
+    if local < 0:
+        return None
+    position = local * stream.world_size + stream.rank
+    return StreamSample(position, stream.index_at(local), sample_seed(stream.seed, position))
+
+
+def raw_item(sample: StreamSample) -> Any:
+    """The dataset item of ``sample`` before the mapper (the :class:`MapDataset`'s own
+    dataset), e.g. the dataset dict of an :func:`earlier_sample` to map for a mix."""
+    if _CURRENT_STREAM is None:
+        raise RuntimeError("raw_item() is only available while a TrainDataStream maps a sample.")
+    dataset = _CURRENT_STREAM.dataset
+    return (dataset.dataset if isinstance(dataset, MapDataset) else dataset)[sample.index]
+
+
 class _SeededSamples(torchdata.Dataset):
     """Map-style dataset indexed by keys ``(position, index)``: ``dataset[index]`` under
-    the sample's seeds, returned as ``(key, item)``."""
+    the sample's seeds, returned as ``(key, item)``. Knows the rank's stream (the sampler)
+    for :func:`earlier_sample`."""
 
-    def __init__(self, dataset: torchdata.Dataset, seed: int) -> None:
-        self.dataset = dataset
-        self.seed = seed
+    _MEMO = 4096  # local positions -> index remembered for earlier_sample()
+
+    def __init__(self, dataset: torchdata.Dataset, seed: int, sampler: Any, rank: int, world_size: int) -> None:
+        self.dataset, self.seed = dataset, seed
+        self.sampler, self.rank, self.world_size = sampler, rank, world_size
+        self._indices: Optional[Iterator[int]] = None
+        self._next_local = 0
+        self._recent: Dict[int, int] = {}
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_indices=None, _next_local=0, _recent={})  # an iterator does not pickle
+        return state
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def index_at(self, local: int) -> int:
+        """The sampler's index at local position ``local`` of this rank's stream."""
+        if local not in self._recent:
+            if self._indices is None or local < self._next_local:
+                self._indices, self._next_local = itertools.islice(iter(self.sampler), local, None), local
+            while self._next_local <= local:
+                self._recent[self._next_local] = int(next(self._indices))
+                self._next_local += 1
+            while len(self._recent) > self._MEMO:
+                del self._recent[next(iter(self._recent))]
+        return self._recent[local]
+
     def __getitem__(self, key: Key) -> Tuple[Key, Any]:
-        global _CURRENT_SAMPLE
+        global _CURRENT_SAMPLE, _CURRENT_STREAM
         position, index = key
         seed = sample_seed(self.seed, position)
         # in this process the RNGs are the model's too: restore them; a worker's are its own
         with seeded_rngs(seed, restore=torchdata.get_worker_info() is None):
-            _CURRENT_SAMPLE = StreamSample(position, index, seed)
+            _CURRENT_SAMPLE, _CURRENT_STREAM = StreamSample(position, index, seed), self
             try:
                 if isinstance(self.dataset, MapDataset):
                     item = self.dataset.map_index(index, random.Random(seed))
                 else:
                     item = self.dataset[index]
             finally:
-                _CURRENT_SAMPLE = None
+                _CURRENT_SAMPLE, _CURRENT_STREAM = None, None
         return key, item
 
 
@@ -321,9 +383,8 @@ class TrainDataStream:
         # A private generator for the workers' base seed: creating the iterator then draws
         # nothing from torch's global RNG, which the model may use.
         generator = torch.Generator().manual_seed(self.seed)
-        return torchdata.DataLoader(
-            _SeededSamples(self.dataset, self.seed), sampler=keys, generator=generator, **kwargs, **self._loader_kwargs
-        )
+        samples = _SeededSamples(self.dataset, self.seed, self.sampler, self.rank, self.world_size)
+        return torchdata.DataLoader(samples, sampler=keys, generator=generator, **kwargs, **self._loader_kwargs)
 
     def _iter_batched(self) -> Iterator[Any]:
         loader = self._data_loader(

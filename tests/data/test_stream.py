@@ -13,7 +13,14 @@ import torch
 
 from d2lite.data import DatasetFromList, MapDataset, build_batch_data_loader
 from d2lite.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
-from d2lite.data.stream import TrainDataStream, current_sample, sample_seed, seeded_rngs
+from d2lite.data.stream import (
+    TrainDataStream,
+    current_sample,
+    earlier_sample,
+    raw_item,
+    sample_seed,
+    seeded_rngs,
+)
 from d2lite.utils import comm
 
 N = 13  # dataset size: landscape (i % 3 == 0) and portrait images
@@ -32,6 +39,18 @@ def _augment(d):
     sample = current_sample()
     d["position"], d["seed"] = sample.position, sample.seed
     return d
+
+
+def _mix(d):
+    """A multi-image 'transform' taking its other image from the stream: the sample 1-3
+    positions earlier, mapped with that sample's seed."""
+    out = _augment(d)
+    earlier = earlier_sample(int(np.random.randint(1, 4)))
+    if earlier is not None:
+        with seeded_rngs(earlier.seed):
+            other = _augment(raw_item(earlier))
+        out["mixed_with"] = (earlier.position, earlier.index, other["i"], other["np"])
+    return out
 
 
 def _skip_multiples_of_five(d):
@@ -228,3 +247,24 @@ def test_sample_seed_is_stable():
     assert sample_seed(7, 10**6) == 2334833949
     assert len({sample_seed(s, p) for s, p in itertools.product(range(5), range(50))}) == 250
     assert all(0 <= sample_seed(2**32 - 1, p) < 2**32 for p in (0, 10**12))
+
+
+def test_multi_image_transform_from_the_stream_is_exact():
+    def take(stream, n):
+        it = iter(stream)
+        return [[(d["i"], d["position"], d.get("mixed_with")) for d in next(it)] for _ in range(n)]
+
+    reference = take(_stream(0, grouping=False, mapper=_mix), 8)
+    index_at = {p: i for b in reference for i, p, _ in b}
+    mixes = [m for b in reference for *_, m in b if m is not None]
+    assert len(mixes) == 15  # every sample but the first has an earlier one
+    for position, index, other_i, _ in mixes:
+        assert index == other_i == index_at[position]  # the stream's sample at that position
+    assert take(_stream(2, grouping=False, mapper=_mix), 8) == reference  # whatever worker maps it
+    first = _stream(0, grouping=False, mapper=_mix)
+    take(first, 3)
+    resumed = _stream(2, grouping=False, mapper=_mix)
+    resumed.load_state_dict(first.state_dict())
+    assert take(resumed, 5) == reference[3:]
+    with pytest.raises(RuntimeError, match="only available while a TrainDataStream maps"):
+        earlier_sample(1)
