@@ -20,8 +20,12 @@ Examples::
     python tools/lazyconfig_train_net.py --config-file ... --eval-only train.init_checkpoint=out/model_final.pth
     # continue an interrupted run from its last checkpoint
     python tools/lazyconfig_train_net.py --config-file ... --resume
-    # 2 processes on one machine (GPUs, or gloo processes on CPU); torchrun also works
+    # 2 processes on one machine (GPUs, or gloo processes on CPU); torchrun and srun also work
     python tools/lazyconfig_train_net.py --config-file ... --num-gpus 2
+
+SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 (``train.stop_signals``) stop training after the
+current iteration with a checkpoint; the exit status is 128 + the signal number and the
+last log line gives the command that resumes the run (README: "Resuming and preemption").
 """
 
 import os
@@ -29,6 +33,7 @@ import sys
 
 from d2lite.engine import default_argument_parser, default_setup, launch
 from d2lite.engine.lazy_train import ConfigError, do_eval_only, do_train, load_config
+from d2lite.engine.preemption import TrainingInterrupted
 
 
 def main(args):
@@ -47,14 +52,17 @@ def invoke_main() -> None:
     except ConfigError as e:
         print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
         sys.exit(2)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except TrainingInterrupted as e:
+        sys.exit(e.exit_code)  # stopped by a signal after saving; the log says how to resume
 
 
 if __name__ == "__main__":
