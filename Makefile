@@ -11,7 +11,7 @@ DEMO_CONFIG ?= configs/quick/retinanet_R_18_FPN_shapes.py
 
 $(STAMP): setup.py requirements.txt projects/RTMDet/pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -e ".[tests]" -e projects/RTMDet
+	$(PY) -m pip install -e ".[tests,export]" -e projects/RTMDet
 	touch $(STAMP)
 
 setup: $(STAMP)

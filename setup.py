@@ -49,6 +49,9 @@ setup(
     extras_require={
         # ruff: the formatter and linter that .ci/run checks (pinned: its rules change between releases)
         "tests": ["pytest", "ruff==0.17.6"],
+        # ONNX export (tools/deploy/export_model.py --format onnx): torch.onnx's exporter needs
+        # onnx and onnxscript, the export's self-check runs onnxruntime. Versions tested with torch 2.14.1.
+        "export": ["onnx~=1.23.2", "onnxscript~=0.7.2", "onnxruntime~=1.32.0"],
     },
     cmdclass={"build_py": BuildPyWithConfigs},
 )

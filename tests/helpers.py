@@ -95,6 +95,66 @@ def write_coco_fixture(root: Path, split: str = "train2017", num_images: int = 4
     return json_file
 
 
+def export_check_images(test_images):
+    """Images of several sizes for export tests, from the test loader's first three images
+    (``d2lite.export.check.Sample``): one of them as is, a crop, a 1.5x enlargement, a crop
+    of 33 x 48 pixels and a uniform gray image; original sizes differ from the image sizes."""
+    import torch
+    import torch.nn.functional as F
+
+    from d2lite.export.check import Sample
+
+    a, b, c = test_images[:3]
+    big = F.interpolate(c.image[None].float(), scale_factor=1.5, mode="bilinear")[0].round().clamp(0, 255)
+    return [
+        Sample(a.image, a.height, a.width, "test image 0"),
+        Sample(b.image[:, :150, :100].contiguous(), 300, 200, "crop 150x100"),
+        Sample(big.to(torch.uint8), c.height, c.width, f"upscaled {tuple(big.shape[1:])}"),
+        Sample(a.image[:, 40:73, 20:68].contiguous(), 33, 48, "crop 33x48"),
+        Sample(torch.full((3, 160, 224), 114, dtype=torch.uint8), 480, 672, "uniform gray 160x224"),
+    ]
+
+
+def threshold_leaving_one_image_empty(model, samples, min_gap=1e-5):
+    """A ``test_score_thresh`` for ``model`` under which exactly one of ``samples`` (the one
+    whose best score is lowest) has no detections and every other has some, as far as
+    possible from all detection scores in between (computed with threshold 0), so that float
+    differences between runtimes cannot move a detection across it.
+
+    Returns:
+        (threshold, index of the image without detections).
+    """
+    from d2lite.export.check import eager_detections
+
+    model.test_score_thresh = 0.0
+    scores = [eager_detections(model, s)[1] for s in samples]
+    best = sorted((float(s.max()), i) for i, s in enumerate(scores))
+    (low, empty), (high, _) = best[0], best[1]
+    values = sorted({low, high, *(float(v) for s in scores for v in s if low <= float(v) <= high)})
+    gap, threshold = max((b - a, (a + b) / 2) for a, b in zip(values, values[1:]))
+    assert gap >= 2 * min_gap, f"scores too close to choose a threshold between {low} and {high}"
+    return threshold, empty
+
+
+def assert_exports_match_eager(model, paths, samples):
+    """Run each exported file (fresh process, no d2lite) on ``samples``: .pt2 and .ts give the
+    eager ``model``'s detections bit for bit, .onnx within the check's tolerances."""
+    import torch
+
+    from d2lite.export.check import compare_detections, eager_detections, run_exported
+
+    expected = [eager_detections(model, s) for s in samples]
+    for path in paths:
+        for sample, exp, act in zip(samples, expected, run_exported(str(path), samples)):
+            where = f"{path.name} on {sample.name}"
+            if path.suffix == ".onnx":
+                assert compare_detections(exp, act) is None, f"{where}: {compare_detections(exp, act)}"
+            else:
+                for e, a in zip(exp, act):
+                    assert e.dtype == a.dtype and torch.equal(e, a), where
+    return expected
+
+
 # Test copies of detectron2's YAML configs (Base-RetinaNet.yaml, COCO-Detection/retinanet_R_50_FPN_{1x,3x}.yaml).
 DETECTRON2_CONFIGS = REPO_ROOT / "tests" / "config" / "detectron2_configs"
 

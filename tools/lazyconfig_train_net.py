@@ -10,6 +10,10 @@ extra hooks go in the config's ``train.hooks``.
 It reads the config's ``model``, ``dataloader`` (``train``/``test``/``evaluator``),
 ``optimizer``, ``lr_multiplier`` and ``train`` sections. One run at a time owns
 ``train.output_dir`` (see the README's "Output directory").
+
+SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 (``train.stop_signals``) stop training after the
+current iteration with a checkpoint; the exit status is 128 + the signal number and the
+last log line gives the command that resumes the run (README: "Resuming and preemption").
 """
 
 import os
@@ -25,6 +29,7 @@ from d2lite.engine.lazy_train import (
     load_config,
     prepare_output_dir,
 )
+from d2lite.engine.preemption import TrainingInterrupted
 
 EXAMPLES = """
 Examples (from the repository root, in the activated .venv):
@@ -90,6 +95,8 @@ def invoke_main() -> None:
             )
         except ConfigError as e:  # found once the model exists (e.g. a resume that does not fit it)
             _exit_with(e)
+        except TrainingInterrupted as e:
+            sys.exit(e.exit_code)  # stopped by a signal after saving; the log says how to resume
 
 
 if __name__ == "__main__":

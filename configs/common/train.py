@@ -37,7 +37,12 @@ train = dict(
     # Keep the model's tensors in channels-last memory format (faster convolutions on CPUs).
     channels_last=False,
     # Seed of all RNGs (plus the rank); -1 draws a random one. Deterministic by default.
+    # It also seeds the data stream (sampler order, per-sample augmentation seeds) and the
+    # per-iteration RNG seeds, all saved in checkpoints, so --resume is exact.
     seed=0,
+    # Signals that stop training after the current iteration with a checkpoint (and
+    # last_checkpoint); the exit status is 128 + signal. [] keeps the default actions.
+    stop_signals=["SIGTERM", "SIGINT", "SIGUSR1"],
     # Gradient clipping of the full model, after backward and before the optimizer step.
     clip_grad=dict(enabled=False, clip_type="norm", clip_value=1.0, norm_type=2.0),
     # Exponential moving average of the weights (mmengine convention:

@@ -15,6 +15,7 @@ from .build import (
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
 from .dataset_mapper import DatasetMapper
+from .stream import TrainDataStream
 
 # ensure the builtin datasets are registered
 from . import datasets, samplers  # isort:skip

@@ -19,10 +19,11 @@ from d2lite.utils.comm import get_world_size
 from d2lite.utils.env import seed_all_rng
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset, ToIterableDataset
+from .common import AspectRatioGroupedDataset, DatasetFromList, MapDataset
 from .dataset_mapper import DatasetMapper
 from .detection_utils import check_metadata_consistency
 from .samplers import InferenceSampler, RepeatFactorTrainingSampler, TrainingSampler
+from .stream import TrainDataStream
 
 __all__ = [
     "build_batch_data_loader",
@@ -161,7 +162,8 @@ def build_batch_data_loader(
     prefetch_factor: Optional[int] = None,
     persistent_workers: bool = False,
     pin_memory: bool = False,
-) -> Union[torchdata.DataLoader, AspectRatioGroupedDataset, MapDataset]:
+    seed: Optional[int] = None,
+) -> Union[TrainDataStream, torchdata.DataLoader, AspectRatioGroupedDataset, MapDataset]:
     """Batch a (mapped) dataset for training.
 
     Args:
@@ -172,9 +174,14 @@ def build_batch_data_loader(
         aspect_ratio_grouping: batch landscape and portrait images separately.
         num_workers: DataLoader worker processes.
         collate_fn: applied to each list of dicts; default keeps the list.
+        seed: base of the per-sample seeds of a map-style dataset (see
+            :mod:`d2lite.data.stream`); defaults to the sampler's seed.
 
     Returns:
-        An iterable of batches (lists of dicts with the default collate_fn).
+        An iterable of batches (lists of dicts with the default collate_fn): for a
+        map-style dataset a :class:`~d2lite.data.stream.TrainDataStream`, whose batches
+        and augmentations depend only on the seeds and whose position is saved in
+        checkpoints; for an iterable dataset a DataLoader (not resumable).
     """
     world_size = get_world_size()
     if not (isinstance(total_batch_size, int) and total_batch_size > 0 and total_batch_size % world_size == 0):
@@ -184,15 +191,28 @@ def build_batch_data_loader(
         )
     batch_size = total_batch_size // world_size
     logger.info("Making batched data loader with batch_size=%d", batch_size)
+    if aspect_ratio_grouping and not drop_last:
+        raise ValueError("Aspect ratio grouping will drop incomplete batches.")
 
-    if isinstance(dataset, torchdata.IterableDataset):
-        if sampler is not None:
-            raise ValueError("sampler must be None if dataset is an IterableDataset.")
-    else:
+    if not isinstance(dataset, torchdata.IterableDataset):
         if sampler is None:
             raise ValueError("build_batch_data_loader needs a sampler for a map-style dataset.")
-        dataset = ToIterableDataset(dataset, sampler, shard_chunk_size=batch_size)
+        return TrainDataStream(
+            dataset,
+            sampler,
+            batch_size,
+            aspect_ratio_grouping=aspect_ratio_grouping,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+            drop_last=drop_last,
+            seed=seed,
+            prefetch_factor=prefetch_factor,
+            persistent_workers=persistent_workers,
+            pin_memory=pin_memory,
+        )
 
+    if sampler is not None:
+        raise ValueError("sampler must be None if dataset is an IterableDataset.")
     loader_kwargs: Dict[str, Any] = dict(
         num_workers=num_workers, worker_init_fn=worker_init_reset_seed, pin_memory=pin_memory
     )
@@ -202,8 +222,6 @@ def build_batch_data_loader(
             loader_kwargs["prefetch_factor"] = prefetch_factor
 
     if aspect_ratio_grouping:
-        if not drop_last:
-            raise ValueError("Aspect ratio grouping will drop incomplete batches.")
         data_loader = torchdata.DataLoader(
             dataset, collate_fn=operator.itemgetter(0), **loader_kwargs
         )  # yield individual mapped dicts
@@ -287,6 +305,7 @@ def build_detection_train_loader(
     aspect_ratio_grouping: bool = True,
     num_workers: int = 0,
     collate_fn: Optional[Callable[[List[Any]], Any]] = None,
+    seed: Optional[int] = None,
     **kwargs: Any,
 ):
     """Build the (infinite) training data loader. Also ``build_detection_train_loader(cfg,
@@ -296,19 +315,24 @@ def build_detection_train_loader(
         dataset: list of dataset dicts (e.g. ``get_detection_dataset_dicts(names)``),
             a map-style or iterable torch Dataset, or dataset name(s).
         mapper: applied to each dict (e.g. :class:`DatasetMapper`); None to skip.
-        sampler: defaults to ``TrainingSampler(len(dataset))`` (infinite, shared seed).
+        sampler: defaults to ``TrainingSampler(len(dataset), seed=seed)`` (infinite).
         total_batch_size: images per iteration over all ranks.
         aspect_ratio_grouping: batch landscape/portrait images separately.
         num_workers: DataLoader workers.
         collate_fn: default: batches are lists of dicts.
+        seed: seed of the default sampler and base of the per-sample seeds (see
+            :mod:`d2lite.data.stream`); None: one random seed shared by all ranks (the
+            default sampler's), or the given sampler's seed. The LazyConfig trainer passes
+            ``train.seed``.
 
     Returns:
-        Infinite iterable of batches (list of ``total_batch_size // world_size`` mapped dicts).
+        Infinite iterable of batches (list of ``total_batch_size // world_size`` mapped
+        dicts): a :class:`~d2lite.data.stream.TrainDataStream` for a map-style dataset.
     """
     dataset = _as_dataset(dataset, mapper, sampler, filter_empty=True)
     if not isinstance(dataset, torchdata.IterableDataset):
         if sampler is None:
-            sampler = TrainingSampler(len(dataset))
+            sampler = TrainingSampler(len(dataset), seed=seed)
         if not isinstance(sampler, torchdata.Sampler):
             raise TypeError(f"Expect a Sampler but got {type(sampler)}")
     return build_batch_data_loader(
@@ -318,6 +342,7 @@ def build_detection_train_loader(
         aspect_ratio_grouping=aspect_ratio_grouping,
         num_workers=num_workers,
         collate_fn=collate_fn,
+        seed=seed,
         **kwargs,
     )
 

@@ -110,6 +110,11 @@ class MapDataset(data.Dataset):
         self._rng = random.Random(42)
         self._fallback_candidates = set(range(len(dataset)))
 
+    @property
+    def dataset(self):
+        """The dataset that ``map_func`` is applied to (its items unmapped)."""
+        return self._dataset
+
     def __len__(self) -> int:
         return len(self._dataset)
 
@@ -131,6 +136,32 @@ class MapDataset(data.Dataset):
             cur_idx = self._rng.choice(tuple(self._fallback_candidates))
             if retry_count >= 3:
                 logger.warning("Failed to apply `_map_func` for idx: %d, retry count: %d", idx, retry_count)
+
+    def map_index(self, idx: int, rng: random.Random) -> Any:
+        """Like ``self[idx]``, but the replacement indices (when ``map_func`` returns None)
+        are drawn from ``rng`` only, so the result depends on ``(idx, rng)`` and not on
+        earlier calls (used by :class:`d2lite.data.stream.TrainDataStream` with a
+        per-sample ``rng``).
+
+        Raises:
+            RuntimeError: ``map_func`` returned None for every index of the dataset.
+        """
+        tried = set()
+        cur_idx = int(idx)
+        while True:
+            data_item = self._map_func(self._dataset[cur_idx])
+            if data_item is not None:
+                return data_item
+            tried.add(cur_idx)
+            if len(tried) == len(self):
+                raise RuntimeError(
+                    f"MapDataset: map_func returned None for index {idx} and for every other "
+                    "index tried; no element of the dataset can be mapped."
+                )
+            while cur_idx in tried:
+                cur_idx = rng.randrange(len(self))
+            if len(tried) >= 3:
+                logger.warning("Failed to apply `_map_func` for idx: %d, retry count: %d", idx, len(tried))
 
 
 class DatasetFromList(data.Dataset):

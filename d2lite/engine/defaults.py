@@ -47,14 +47,15 @@ def create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False, 
 
     Returns:
         ``model`` itself when the world size is 1, else the DDP wrapper. For a model on
-        CUDA ``device_ids`` defaults to ``[local_rank]``; on CPU it is left unset.
+        CUDA ``device_ids`` defaults to the current device (``launch`` sets it to the local
+        rank's); on CPU it is left unset.
     """
     if comm.get_world_size() == 1:
         return model
     if "device_ids" not in kwargs:
         on_cuda = any(p.is_cuda for p in model.parameters())
-        if on_cuda:
-            kwargs["device_ids"] = [comm.get_local_rank()]
+        if on_cuda:  # the device launch() selected: the local rank's, or the task's own GPU under srun
+            kwargs["device_ids"] = [torch.cuda.current_device()]
     ddp = DistributedDataParallel(model, **kwargs)
     if fp16_compression:
         from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks

@@ -62,6 +62,7 @@ from d2lite.utils.visualizer import draw_boxes, image_to_rgb
 
 from . import hooks
 from .defaults import create_ddp_model, default_writers
+from .exact_resume import ExactResume
 from .output_dir import (
     OutputDirError,
     OutputDirLock,
@@ -70,6 +71,7 @@ from .output_dir import (
     previous_run_files,
     remove_temporary_files,
 )
+from .preemption import DEFAULT_STOP_SIGNALS, TrainingInterrupted, parse_signals
 from .priority import hook_priority
 from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
 from .validation_loss import ValidationLoss
@@ -84,6 +86,8 @@ __all__ = [
     "class_names",
     "do_test",
     "build_config_hooks",
+    "instantiate_train_loader",
+    "build_train_loader",
     "default_hooks",
     "do_train",
     "do_eval_only",
@@ -103,8 +107,9 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> DictConfig:
     Raises:
         ConfigError: the file is missing or broken, an override names no key or has the
             wrong type, the config lacks ``model``/``train``, it asks for CUDA on a
-            machine without it, or ``train.init_checkpoint`` has an unknown query option.
-            The message names the file, key or value.
+            machine without it, ``train.init_checkpoint`` has an unknown query option, or
+            ``train.stop_signals`` names an unknown or uncatchable signal. The message names
+            the file, key or value.
     """
     if not config_file:
         raise ConfigError("--config-file is required")
@@ -130,6 +135,10 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> DictConfig:
         split_load_options(str(cfg.train.get("init_checkpoint", "") or ""))
     except ValueError as e:
         raise ConfigError(f"train.init_checkpoint: {e}") from e
+    try:
+        parse_signals(list(cfg.train.get("stop_signals", None) or []))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     return cfg
 
 
@@ -229,33 +238,56 @@ def do_test(cfg: DictConfig, model: torch.nn.Module, ema: Optional[ModelEMA] = N
     return ret
 
 
-def _visualize_batches(
-    data_loader: Iterable, period: int, input_format: str, names: Optional[List[str]], num_images: int = 2
-) -> Iterator:
-    """Yield the loader's batches; every ``period`` iterations put a few training
-    images with their ground-truth boxes into the event storage (TensorBoard)."""
-    for batch in data_loader:
-        if period > 0 and comm.is_main_process() and has_event_storage():
-            storage = get_event_storage()
-            if storage.iter % period == 0:
-                for i, d in enumerate(batch[:num_images]):
-                    img = image_to_rgb(d["image"], input_format)
-                    if "instances" in d:
-                        inst = d["instances"]
-                        img = draw_boxes(img, inst.gt_boxes, inst.gt_classes, class_names=names)
-                    storage.put_image(f"train/gt_boxes_{i}", torch.from_numpy(img.copy()).permute(2, 0, 1) / 255.0)
-        yield batch
+class _VisualizedBatches:
+    """The batches of ``loader``; every ``period`` iterations a few training images with
+    their ground-truth boxes go into the event storage (TensorBoard). ``loader`` stays
+    reachable (exact resume saves its position)."""
+
+    def __init__(
+        self, loader: Iterable, period: int, input_format: str, names: Optional[List[str]], num_images: int = 2
+    ) -> None:
+        self.loader, self.period, self.input_format, self.names = loader, period, input_format, names
+        self.num_images = num_images
+
+    def __iter__(self) -> Iterator:
+        for batch in self.loader:
+            if self.period > 0 and comm.is_main_process() and has_event_storage():
+                storage = get_event_storage()
+                if storage.iter % self.period == 0:
+                    for i, d in enumerate(batch[: self.num_images]):
+                        img = image_to_rgb(d["image"], self.input_format)
+                        if "instances" in d:
+                            inst = d["instances"]
+                            img = draw_boxes(img, inst.gt_boxes, inst.gt_classes, class_names=self.names)
+                        image = torch.from_numpy(img.copy()).permute(2, 0, 1) / 255.0
+                        storage.put_image(f"train/gt_boxes_{i}", image)
+            yield batch
+
+
+def instantiate_train_loader(cfg: DictConfig, loader_cfg: Optional[DictConfig] = None) -> Iterable:
+    """``loader_cfg`` (default ``cfg.dataloader.train``), given ``seed=train.seed`` when its
+    function takes a seed and the config sets none (the seed of the default sampler and of
+    the per-sample augmentation seeds, see :mod:`d2lite.data.stream`; a negative
+    ``train.seed`` leaves it to the loader: one random seed shared by the ranks, saved in
+    checkpoints)."""
+    node = cfg.dataloader.train if loader_cfg is None else loader_cfg
+    seed = cfg.train.get("seed", None)
+    if seed is not None and int(seed) >= 0 and "seed" not in node and _accepts_keyword(node.get("_target_"), "seed"):
+        node = copy.deepcopy(node)  # keeps its parent, so ${...} interpolations still resolve
+        node.seed = int(seed)
+    return instantiate(node)
 
 
 def build_train_loader(cfg: DictConfig, loader_cfg: Optional[DictConfig] = None) -> Iterable:
-    """``loader_cfg`` (default ``cfg.dataloader.train``), wrapped to put training images
-    into TensorBoard every ``cfg.train.vis_period`` iterations (when the loader has a
-    mapper). A hook that replaces the training loader mid-run (``trainer.reset_data_loader``)
-    passes its own loader config, e.g. another section of ``cfg.dataloader``."""
+    """:func:`instantiate_train_loader` of ``loader_cfg`` (default ``cfg.dataloader.train``),
+    wrapped to put training images into TensorBoard every ``cfg.train.vis_period``
+    iterations (when the loader has a mapper). A hook that replaces the training loader
+    mid-run (``trainer.reset_data_loader``) passes its own loader config, e.g. another
+    section of ``cfg.dataloader``; exact resume then saves the new loader's position."""
     loader_cfg = cfg.dataloader.train if loader_cfg is None else loader_cfg
-    loader = instantiate(loader_cfg)
+    loader = instantiate_train_loader(cfg, loader_cfg)
     if "mapper" in loader_cfg:
-        loader = _visualize_batches(
+        loader = _VisualizedBatches(
             loader,
             period=cfg.train.get("vis_period", 0),
             input_format=loader_cfg.mapper.get("image_format", "BGR"),
@@ -316,9 +348,9 @@ def default_hooks(
 
     Built-in order (priority): IterationTimer (VERY_HIGH), GradientClipping and
     EMAHook (HIGH), LRScheduler (ABOVE_NORMAL), [config hooks, NORMAL by default],
-    PeriodicCheckpointer (BELOW_NORMAL), ValidationLoss, EvalHook and LossExplosionCheck
-    (LOW; ``train.loss_explosion``), PeriodicWriter (LOWEST). The checkpointer and writer
-    exist on the main process only.
+    ExactResume and PeriodicCheckpointer (BELOW_NORMAL), ValidationLoss, EvalHook and
+    LossExplosionCheck (LOW; ``train.loss_explosion``), PeriodicWriter (LOWEST). The
+    checkpointer and writer exist on the main process only.
     """
     clip = cfg.train.get("clip_grad", None)
     val_loss = cfg.train.get("val_loss", None) or {}
@@ -334,6 +366,8 @@ def default_hooks(
         hooks.LRScheduler(
             scheduler=LRMultiplier(trainer.optimizer, instantiate(cfg.lr_multiplier), cfg.train.max_iter)
         ),
+        # exact-resume state, stop signals: on every rank, before the checkpointer (see engine/exact_resume.py)
+        _exact_resume_hook(cfg, checkpointer),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         ValidationLoss(val_loss["period"], build_val_loss_loader(cfg), val_loss.get("num_batches", None))
         if val_loss.get("period", 0) > 0
@@ -350,12 +384,31 @@ def default_hooks(
     return sorted(all_hooks, key=hook_priority)  # stable: equal priorities keep list order
 
 
+def _exact_resume_hook(cfg: DictConfig, checkpointer: DetectionCheckpointer) -> ExactResume:
+    """ExactResume with ``train.seed`` and ``train.stop_signals`` (ConfigError names a bad signal)."""
+    try:
+        stop_signals = list(cfg.train.get("stop_signals", DEFAULT_STOP_SIGNALS) or [])
+        return ExactResume(
+            checkpointer,
+            seed=cfg.train.get("seed", None),
+            stop_signals=stop_signals,
+            checkpoint_period=cfg.train.checkpointer.get("period", None),
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
 def do_train(cfg: DictConfig, resume: bool = False) -> TrainerBase:
     """Train ``cfg``: build the model (and EMA), optimizer, data loader, trainer
     (AMPTrainer if ``train.amp.enabled``; metrics written by a background thread if
     ``train.async_write_metrics``), checkpointer and :func:`default_hooks`; load
     ``train.init_checkpoint``, or with ``resume`` the last checkpoint of
-    ``train.output_dir`` if there is one; run to ``train.max_iter``. Returns the trainer."""
+    ``train.output_dir`` if there is one; run to ``train.max_iter``. Returns the trainer.
+
+    Raises:
+        TrainingInterrupted: a stop signal (``train.stop_signals``) ended training after
+            a checkpoint was saved; its message, logged here, says how to resume.
+    """
     model = build_model(cfg)
     logger.info(f"Model:\n{model}")
     ema = build_ema(cfg, model)
@@ -392,7 +445,11 @@ def do_train(cfg: DictConfig, resume: bool = False) -> TrainerBase:
         raise ConfigError(f"--resume in {cfg.train.output_dir}: {e}. {hint}") from e
     # A checkpoint is saved after iteration trainer.iter finished.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
-    trainer.train(start_iter, cfg.train.max_iter)
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    except TrainingInterrupted as e:
+        logger.warning(e.message)  # the last line of the log: signal, iteration, checkpoint, resume command
+        raise
     return trainer
 
 

@@ -433,6 +433,15 @@ class EventStorage:
         """Returns: dict[name -> HistoryBuffer] of all scalars."""
         return self._history
 
+    def restore_history(self, name: str, values: List[Tuple[float, int]], smoothing_hint: bool = True) -> None:
+        """Put earlier ``(value, iteration)`` samples of scalar ``name`` into its history,
+        without making them its latest value: writers smooth over them but do not write
+        them again. Used to continue the smoothing windows of a resumed run exactly.
+        Call before any new value of ``name`` is put."""
+        for value, itr in values:
+            self._history[name].update(float(value), int(itr))
+        self._smoothing_hints.setdefault(name, smoothing_hint)
+
     def latest(self) -> Dict[str, Tuple[float, int]]:
         """Returns: dict[str -> (float, int)]: the latest value of every scalar and the
         iteration it was put at."""

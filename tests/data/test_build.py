@@ -132,7 +132,7 @@ def test_train_loader_with_workers(coco_fixture):
     )
     batches = list(itertools.islice(loader, 3))
     assert [len(b) for b in batches] == [2, 2, 2]
-    # each worker loads whole batches from its share of the sampler stream: all images appear
+    # the workers map the sampler stream in order: all images appear
     ids = [d["image_id"] for b in batches for d in b]
     assert set(ids) == {3, 7, 11}
 

@@ -1,16 +1,18 @@
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
 from helpers import retry_once
 
 from d2lite.engine import launch
-from d2lite.engine.launch import torchrun_env
+from d2lite.engine.launch import slurm_env, slurm_first_host, torchrun_env
 
 _SCRIPT = textwrap.dedent(
     """
@@ -82,6 +84,8 @@ _SCRIPT = textwrap.dedent(
         out, mode = sys.argv[1], sys.argv[2]
         if mode == "spawn":
             launch(main, 2, dist_url="auto", args=(out, 3))
+        elif mode == "srun":  # one process per task: launch() joins the group, does not spawn
+            launch(main, 1, args=(out, 3))
         else:  # started by torchrun: launch() must join the env:// group, not spawn
             launch(main, 2, args=(out, 3))
     """
@@ -110,7 +114,17 @@ def _env():
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
+    for k in [k for k in env if k.startswith("SLURM_")]:
+        env.pop(k)
     return env
+
+
+@pytest.fixture
+def no_launcher_env(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    for k in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(k)
 
 
 def _check_two_process_result(infos, ref):
@@ -177,6 +191,162 @@ def test_torchrun_two_processes(script, tmp_path):
     _check_two_process_result(json.loads(out.read_text()), ref)
 
 
+@pytest.mark.slow
+def test_srun_two_processes(script, tmp_path):
+    """Two tasks started the way srun starts them (SLURM variables only): launch() joins
+    them into one group, with the master port derived from the job id."""
+    ref = _single_process_reference(script, tmp_path)
+    out = tmp_path / "srun.json"
+
+    def run():
+        job_id = _job_id_with_free_port()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(script), str(out), "srun"],
+                env=dict(
+                    _env(),
+                    SLURM_JOB_ID=str(job_id),
+                    SLURM_PROCID=str(rank),
+                    SLURM_LOCALID=str(rank),
+                    SLURM_NTASKS="2",
+                    SLURM_NODEID="0",
+                    SLURM_TASKS_PER_NODE="2",
+                    SLURM_JOB_NODELIST="localhost",
+                ),
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for rank in range(2)
+        ]
+        outputs = [p.communicate(timeout=240)[0] for p in procs]
+        rc = max(abs(p.returncode) for p in procs)
+        return subprocess.CompletedProcess(procs[0].args, rc, stdout=outputs[0], stderr=outputs[1])
+
+    proc = retry_once(run)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "waiting for the other tasks at tcp://localhost:" in proc.stdout
+    _check_two_process_result(json.loads(out.read_text()), ref)
+
+
+_STOP_SCRIPT = textwrap.dedent(
+    """
+    import os
+    import sys
+    import time
+
+    from d2lite.engine import launch
+    from d2lite.engine.preemption import StopSignals, TrainingInterrupted
+    from d2lite.utils import comm
+
+
+    def main(out):
+        stop = StopSignals()
+        stop.install()
+        open(os.path.join(out, f"ready{comm.get_rank()}"), "w").close()
+        deadline = time.time() + 120
+        while stop.received is None and time.time() < deadline:
+            time.sleep(0.05)
+        open(os.path.join(out, f"stopped{comm.get_rank()}"), "w").write(stop.received.name)
+        raise TrainingInterrupted(stop.received)
+
+
+    if __name__ == "__main__":
+        try:
+            launch(main, 2, dist_url="auto", args=(sys.argv[1],))
+        except TrainingInterrupted as e:
+            sys.exit(e.exit_code)
+    """
+)
+
+
+@pytest.mark.slow
+def test_spawn_parent_forwards_stop_signals_and_exits_with_the_signal(tmp_path):
+    script = tmp_path / "stop_script.py"
+    script.write_text(_STOP_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=_env(), cwd=tmp_path)
+    deadline = time.time() + 120
+    while not all((tmp_path / f"ready{r}").exists() for r in range(2)) and time.time() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)  # to the parent only, as `kill -USR1 <pid>` does
+    assert proc.wait(timeout=120) == 128 + signal.SIGUSR1
+    assert [(tmp_path / f"stopped{r}").read_text() for r in range(2)] == ["SIGUSR1", "SIGUSR1"]
+
+
+def _job_id_with_free_port():
+    import random
+    import socket
+
+    for _ in range(100):
+        job_id = random.randrange(10**6)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", 10000 + job_id % 20000))
+            except OSError:
+                continue
+        return job_id
+    raise RuntimeError("no free port")
+
+
+def test_slurm_env_parsing():
+    base = {"SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "123456"}
+    assert slurm_env({}) is None
+    assert slurm_env(dict(base, SLURM_NTASKS="1", SLURM_PROCID="0", SLURM_LOCALID="0")) is None  # one task: no group
+    env = slurm_env(dict(base, SLURM_NODEID="1", SLURM_TASKS_PER_NODE="2(x2)", SLURM_JOB_NODELIST="gpu[07-08]"))
+    assert env == {
+        "rank": 3,
+        "local_rank": 1,
+        "world_size": 4,
+        "local_world_size": 2,
+        "master_addr": "gpu07",
+        "master_port": 10000 + 123456 % 20000,
+    }
+    # MASTER_ADDR / MASTER_PORT win; SLURM_STEP_* describe the step srun started
+    env = slurm_env(
+        dict(
+            base,
+            SLURM_STEP_NUM_TASKS="4",
+            SLURM_NTASKS_PER_NODE="4",
+            SLURM_NODELIST="a1",
+            MASTER_ADDR="10.0.0.1",
+            MASTER_PORT="29400",
+        )
+    )
+    assert (env["local_world_size"], env["master_addr"], env["master_port"]) == (4, "10.0.0.1", 29400)
+    with pytest.raises(ValueError, match="SLURM_JOB_NODELIST"):
+        slurm_env(base)
+    with pytest.raises(ValueError, match="Malformed SLURM environment.*SLURM_PROCID='x'"):
+        slurm_env(dict(base, SLURM_PROCID="x", SLURM_NODELIST="a"))
+    with pytest.raises(ValueError, match="Inconsistent SLURM variables"):
+        slurm_env(dict(base, SLURM_PROCID="4", SLURM_NODELIST="a"))
+    with pytest.raises(ValueError, match="SLURM_NODEID=2 is not in"):
+        slurm_env(dict(base, SLURM_NODEID="2", SLURM_TASKS_PER_NODE="2,2", SLURM_NODELIST="a"))
+
+
+@pytest.mark.parametrize(
+    "nodelist, host",
+    [
+        ("node1", "node1"),
+        ("node[1-4]", "node1"),
+        ("gpu[003-005,9],cpu1", "gpu003"),
+        ("rack[2,4]-n[01-02]", "rack2-n01"),
+        ("a,b[1-2]", "a"),
+        ("10.1.2.3", "10.1.2.3"),
+    ],
+)
+def test_slurm_first_host(nodelist, host):
+    assert slurm_first_host(nodelist) == host
+
+
+def test_slurm_first_host_errors():
+    with pytest.raises(ValueError, match="Cannot parse"):
+        slurm_first_host("node[1-2")
+    with pytest.raises(ValueError, match="Empty"):
+        slurm_first_host(",a")
+
+
 def test_torchrun_env_parsing():
     assert torchrun_env({}) is None
     assert torchrun_env({"RANK": "0", "WORLD_SIZE": "2"}) is None  # LOCAL_RANK missing
@@ -193,9 +363,7 @@ def test_torchrun_env_parsing():
         torchrun_env({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
 
 
-def test_launch_single_process_calls_main_directly(monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(k, raising=False)
+def test_launch_single_process_calls_main_directly(no_launcher_env):
     calls = []
     launch(lambda a, b: calls.append((a, b)), 1, args=(1, 2))
     assert calls == [(1, 2)]
@@ -210,9 +378,7 @@ def test_launch_torchrun_world_size_one_runs_without_process_group(monkeypatch):
     assert calls == [False]
 
 
-def test_launch_bad_dist_url(monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(k, raising=False)
+def test_launch_bad_dist_url(no_launcher_env):
     with pytest.raises(ValueError, match="dist_url is required"):
         launch(print, 2)
     with pytest.raises(ValueError, match="not supported in multi-machine"):

@@ -68,6 +68,7 @@ def test_default_hooks_order_and_config_hooks_by_priority(tmp_path):
         "GradientClipping",
         "LRScheduler",
         "RecorderHook:a",
+        "ExactResume",  # before the checkpointer: every rank's data-stream position is current when it saves
         "PeriodicCheckpointer",
         "ValidationLoss",
         "EvalHook",
@@ -75,7 +76,7 @@ def test_default_hooks_order_and_config_hooks_by_priority(tmp_path):
         "PeriodicWriter",
         "PrioritisedHook",  # LOWEST after PeriodicWriter (LOWEST): list order breaks the tie
     ]
-    assert isinstance(ordered[6], ValidationLoss) and isinstance(ordered[-2], hooks.PeriodicWriter)
+    assert isinstance(ordered[7], ValidationLoss) and isinstance(ordered[-2], hooks.PeriodicWriter)
     # the user's config is not modified by popping the priority
     assert cfg.train.hooks[1].priority == "HIGHEST"
 

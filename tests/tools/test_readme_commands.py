@@ -17,7 +17,8 @@ multi-process templates written with ``--config-file ...`` (``--num-gpus 8``,
 is tested in test_lazyconfig_train_net.py), and the commands of "Coming from
 detectron2", which convert and train the user's own detectron2 YAML on COCO
 (tools/convert_yacs_config.py's --help examples, run here, convert the copy of
-detectron2's YAML in tests/config).
+detectron2's YAML in tests/config), and script files shown in a ```bash block that starts
+with ``#!`` (the SLURM job script: it needs a cluster).
 """
 
 import importlib
@@ -40,7 +41,7 @@ from d2lite.config import LazyConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.onepass]
 
-TOOLS = sorted(p.name for p in (REPO_ROOT / "tools").glob("*.py"))
+TOOLS = sorted(str(p.relative_to(REPO_ROOT / "tools")) for p in (REPO_ROOT / "tools").rglob("*.py"))
 DEMO_TRAIN = "python tools/lazyconfig_train_net.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py"
 _TRAIN_TINY = [
     "train.checkpointer.period=2",
@@ -84,7 +85,9 @@ def readme_commands(skip_sections=USER_DATA_SECTIONS) -> List[str]:
         if heading in skip_sections:
             continue
         blocks = re.findall(r"^([ \t]*)```bash\n(.*?)^\1```", section, flags=re.S | re.M)
-        commands += [c for _, block in blocks for c in _join_lines(block.splitlines())]
+        # A block that starts with "#!" is a script file (the SLURM job script), not commands to type.
+        blocks = [block for _, block in blocks if not block.lstrip().startswith("#!")]
+        commands += [c for block in blocks for c in _join_lines(block.splitlines())]
     return commands
 
 
@@ -226,8 +229,9 @@ def _check_outputs(clone, command: str, proc: subprocess.CompletedProcess) -> st
 
 def _help_text(tool: str, capsys, monkeypatch) -> str:
     """What ``python tools/<tool> --help`` prints (the tool's own entry point, in this process)."""
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "tools"))
-    module = importlib.import_module(tool[: -len(".py")])
+    folder, name = os.path.split(tool)
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "tools" / folder))
+    module = importlib.import_module(name[: -len(".py")])
     monkeypatch.setattr(sys, "argv", [f"tools/{tool}", "--help"])
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:

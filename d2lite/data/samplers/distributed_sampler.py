@@ -40,6 +40,16 @@ class _InfiniteShardedSampler(Sampler):
         self._rank = comm.get_rank()
         self._world_size = comm.get_world_size()
 
+    @property
+    def seed(self) -> int:
+        """The seed of the global stream (the same on all ranks). Settable before
+        iterating, e.g. to continue a checkpointed stream."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self._seed = int(value)
+
     def __iter__(self) -> Iterator[int]:
         yield from itertools.islice(self._infinite_indices(), self._rank, None, self._world_size)
 

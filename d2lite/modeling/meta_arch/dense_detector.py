@@ -52,6 +52,9 @@ class DenseDetector(nn.Module):
       :class:`d2lite.engine.validation_loss.ValidationLoss` during its pass), running
       state kept outside parameters and buffers, e.g. RetinaNet's ``loss_normalizer``
       EMA updated through :meth:`_ema_update`, is used but not updated.
+    * :meth:`running_state_dict` / :meth:`load_running_state_dict`: that running state
+      (not in ``state_dict()``, whose keys stay detectron2's), saved and restored by the
+      trainer so that a resumed run continues exactly.
     """
 
     def __init__(
@@ -239,7 +242,19 @@ class DenseDetector(nn.Module):
         new = old * momentum + value * (1 - momentum)
         if self.update_running_state:
             setattr(self, name, new)
+            self._running_state_names = getattr(self, "_running_state_names", set()) | {name}
         return new
+
+    def running_state_dict(self) -> Dict[str, float]:
+        """The running values kept outside parameters and buffers (updated through
+        :meth:`_ema_update`, e.g. RetinaNet's ``loss_normalizer``): ``{name: value}``."""
+        return {name: float(getattr(self, name)) for name in sorted(getattr(self, "_running_state_names", ()))}
+
+    def load_running_state_dict(self, state: Dict[str, float]) -> None:
+        """Restore values returned by :meth:`running_state_dict`."""
+        for name, value in state.items():
+            setattr(self, name, float(value))
+        self._running_state_names = getattr(self, "_running_state_names", set()) | set(state)
 
     def _decode_per_level_predictions(
         self,

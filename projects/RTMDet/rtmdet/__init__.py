@@ -7,6 +7,7 @@ from .assigner import AssignResult, DynamicSoftLabelAssigner, bbox_overlaps
 from .backbone import CSPNeXt, CSPNeXtPAFPN
 from .converter import convert_mmdet_state_dict, load_mmdet_checkpoint, to_mmdet_state_dict
 from .ema import ExpMomentum
+from .export import RTMDetExportAdapter  # registers RTMDet with d2lite.export (tools/deploy/export_model.py)
 from .head import RTMDetSepBNHead
 from .hooks import PipelineSwitchHook
 from .layers import ChannelAttention, ConvModule, CSPLayer, CSPNeXtBlock, DepthwiseSeparableConvModule, SPPBottleneck
