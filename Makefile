@@ -19,9 +19,11 @@ setup: $(STAMP)
 DEMO_OUT ?= output/retinanet_R_18_FPN_shapes
 
 # Train + evaluate on shapes_val, then evaluate the final model on shapes_eval (a second
-# generator's images, never trained on: does the model generalise?).
+# generator's images, never trained on: does the model generalise?). --resume: running it
+# again continues an interrupted demo, or re-evaluates a finished one; it never retrains
+# into the same directory (delete $(DEMO_OUT) to start over).
 demo: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) tools/lazyconfig_train_net.py --config-file $(DEMO_CONFIG) train.output_dir=$(DEMO_OUT)
+	OMP_WAIT_POLICY=PASSIVE $(PY) tools/lazyconfig_train_net.py --config-file $(DEMO_CONFIG) --resume train.output_dir=$(DEMO_OUT)
 	OMP_WAIT_POLICY=PASSIVE $(PY) tools/lazyconfig_train_net.py --config-file $(DEMO_CONFIG) --eval-only \
 		train.init_checkpoint=$(DEMO_OUT)/model_final.pth train.output_dir=$(DEMO_OUT)/shapes_eval \
 		dataloader.test.dataset.names=shapes_eval

@@ -20,7 +20,7 @@ import os
 import sys
 
 from d2lite.engine import default_argument_parser, default_setup, launch
-from d2lite.engine.launch import torchrun_env
+from d2lite.engine.launch import slurm_env, torchrun_env
 from d2lite.engine.lazy_train import (
     ConfigError,
     do_eval_only,
@@ -68,9 +68,18 @@ def _exit_with(error: ConfigError) -> None:
     sys.exit(2)
 
 
+def _is_main_process(args) -> bool:
+    """Rank 0 of tasks started by torchrun or srun, else machine rank 0 (whose --num-gpus
+    workers are spawned later, under its lock)."""
+    try:
+        started = torchrun_env() or slurm_env()
+    except ValueError as e:  # a malformed SLURM environment
+        raise ConfigError(str(e)) from e
+    return started["rank"] == 0 if started else args.machine_rank == 0
+
+
 def invoke_main() -> None:
     args = default_argument_parser(epilog=EXAMPLES).parse_args()
-    torchrun = torchrun_env()
     try:
         # Fail fast, before spawning workers or writing anything, on what the user must fix.
         cfg = load_config(args.config_file, args.opts)
@@ -79,7 +88,7 @@ def invoke_main() -> None:
             resume=args.resume,
             eval_only=args.eval_only,
             overwrite=args.overwrite,
-            main_process=torchrun["rank"] == 0 if torchrun else args.machine_rank == 0,
+            main_process=_is_main_process(args),
         )
     except ConfigError as e:
         _exit_with(e)

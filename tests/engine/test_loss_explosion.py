@@ -20,13 +20,28 @@ class _Scaled(nn.Module):
         return {"loss_x": self.w * value}
 
 
-def _train(values, check, caplog):
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _train(values, check, caplog=None):
+    """The warnings of the check's logger, collected there (an earlier test's setup_logger
+    may have stopped "d2lite" records from propagating to caplog's root handler)."""
     model = _Scaled()
     trainer = SimpleTrainer(model, iter(torch.tensor(v) for v in values), torch.optim.SGD(model.parameters(), lr=0.0))
     trainer.register_hooks([check])
-    with caplog.at_level(logging.WARNING, logger="d2lite.engine.loss_explosion"):
+    logger, collect = logging.getLogger("d2lite.engine.loss_explosion"), _Collect()
+    logger.addHandler(collect)
+    try:
         trainer.train(0, len(values))
-    return [r.getMessage() for r in caplog.records if r.name == "d2lite.engine.loss_explosion"]
+    finally:
+        logger.removeHandler(collect)
+    return collect.messages
 
 
 def test_warns_once_when_loss_exceeds_factor_times_median(caplog):

@@ -121,6 +121,8 @@ def _shrink(command: str) -> List[str]:
         schedule = ["train.max_iter=6"] if "--resume" in command else ["train.max_iter=4"]
         # Only the demo run evaluates, as `make demo` does (its AP and images feed TensorBoard).
         return schedule + _TRAIN_TINY + ([] if command == DEMO_TRAIN else ["dataloader.evaluator=None"])
+    if "export_model.py" in command:
+        return ["--check-images", "1"]
     if "benchmark.py" in command:
         return ["--num-iter", "2", "--warmup", "1", "dataloader.train.total_batch_size=2"]
     return []
@@ -260,6 +262,7 @@ def test_readme_commands_and_tool_help_examples_run_as_written(clone, capsys, mo
         assert steps and re.sub(r"^(\w+=\S+ )*", "", steps[0]) in (
             DEMO_TRAIN,
             f"{DEMO_TRAIN} train.output_dir=output/retinanet_R_18_FPN_shapes",  # the config's own
+            f"{DEMO_TRAIN} --resume train.output_dir=output/retinanet_R_18_FPN_shapes",  # make demo again continues
         ), recipe
         demo += steps[1:]
 

@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# onepass: the outcome does not depend on the float path (make test-1thread skips it).
+pytestmark = [pytest.mark.slow, pytest.mark.onepass]
 
 
 def _free_port() -> int:

@@ -20,6 +20,9 @@ sys.path.insert(0, os.path.join(REPO, "tools", "deploy"))
 
 from helpers import assert_exports_match_eager, export_check_images, threshold_leaving_one_image_empty  # noqa: E402
 
+# onepass: the outcome does not depend on the float path (make test-1thread skips it).
+pytestmark = pytest.mark.onepass
+
 
 def eager(model, image, height, width):
     with torch.no_grad():
@@ -58,10 +61,11 @@ def test_adapter_equals_eager_rtmdet(fixed_input_size, topk):
 
 @pytest.fixture(scope="module")
 def rtmdet_export(tmp_path_factory):
-    """The RTMDet shapes demo trained 10 iterations by the tool, its classification convs then
-    spread with seeded noise (a model this young gives nearly all boxes the same score, on
-    some float paths all within 1e-5, too close to put a threshold between images), saved
-    as a checkpoint and exported to all formats by the tool with a score threshold under
+    """The RTMDet shapes demo trained 10 iterations by the tool, its prediction convs then
+    redrawn from a seeded N(0, 0.3) (a model this young gives nearly all boxes the same score,
+    on some float paths all within 1e-5, too close to put a threshold between images, and
+    boxes that clipping empties; redrawn, the best scores per image are 0.82-0.95 and apart
+    by 0.1 on 1 and 2 threads), saved as a checkpoint and exported to all formats by the tool with a score threshold under
     which one check image has no detections."""
     pytest.importorskip("onnxruntime", reason="the ONNX export needs the export extra: pip install -e '.[export]'")
     import export_model
@@ -91,8 +95,8 @@ def rtmdet_export(tmp_path_factory):
     model, _ = load_trained_model(load_config(CONFIG, opts))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for conv in model.head.rtm_cls:
-            conv.weight.add_(torch.randn(conv.weight.shape, generator=g) * 0.3)
+        for conv in list(model.head.rtm_cls) + list(model.head.rtm_reg):
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.3)
     torch.save({"model": model.state_dict()}, run_dir / "spread.pth")
     opts[0] = f"train.init_checkpoint={run_dir / 'spread.pth'}"
     cfg = load_config(CONFIG, opts)
