@@ -3,9 +3,9 @@
 
 Examples::
 
-    OMP_WAIT_POLICY=PASSIVE python tools/benchmark.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --task train
-    python tools/benchmark.py --config-file ... --task data --num-iter 50
-    python tools/benchmark.py --config-file ... --task eval
+    OMP_WAIT_POLICY=PASSIVE python tools/benchmark.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --task data train eval
+    OMP_WAIT_POLICY=PASSIVE python tools/benchmark.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py \\
+        --task train --num-iter 50
 
 ``data`` times the train loader (batches/s and images/s), ``train`` times full
 training iterations on batches held in memory (so data loading is excluded),

@@ -9,11 +9,15 @@ d2lite's configs/common files and sets the values in which the YAML differs; it 
 the same model, optimizer and lr schedule as ``build_model(cfg)``,
 ``build_optimizer(cfg, model)`` and ``build_lr_scheduler(cfg, optimizer)``.
 
-Examples::
+Examples (detectron2's own retinanet_R_50_FPN_1x.yaml ships in tests/config/detectron2_configs)::
 
-    python tools/convert_yacs_config.py retinanet_R_50_FPN_1x.yaml             # writes retinanet_R_50_FPN_1x.py
-    python tools/convert_yacs_config.py X.yaml -o my_config.py MODEL.RETINANET.NUM_CLASSES 3
-    python tools/lazyconfig_train_net.py --config-file my_config.py train.device=cpu
+    python tools/convert_yacs_config.py tests/config/detectron2_configs/COCO-Detection/retinanet_R_50_FPN_1x.yaml \\
+        -o my_config.py
+    python tools/convert_yacs_config.py tests/config/detectron2_configs/COCO-Detection/retinanet_R_50_FPN_1x.yaml \\
+        -o my_config.py --force MODEL.RETINANET.NUM_CLASSES 3
+
+Then train the file like any LazyConfig (on COCO, here):
+``python tools/lazyconfig_train_net.py --config-file my_config.py``.
 """
 
 import argparse

@@ -4,10 +4,12 @@
 Examples::
 
     python tools/dump_config.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py train.max_iter=100
-    python tools/dump_config.py --config-file ... --format yaml --output my_config.yaml
+    python tools/dump_config.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --format yaml
+    python tools/dump_config.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --format yaml --output my_config.yaml
 
-The YAML loads back with ``LazyConfig.load`` (and trains with
-``tools/lazyconfig_train_net.py --config-file my_config.yaml``).
+Both formats load back with ``LazyConfig.load`` (the Python output is itself a
+config file: save it as ``my_config.py``) and train with
+``tools/lazyconfig_train_net.py --config-file my_config.yaml``.
 """
 
 import argparse
@@ -29,18 +31,12 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"dump_config.py: error: {e}", file=sys.stderr)
         return 2
-    if args.format == "yaml":
-        if not args.output:
-            print("dump_config.py: error: --format yaml needs --output FILE", file=sys.stderr)
-            return 2
-        LazyConfig.save(cfg, args.output)
-        return 0
-    source = LazyConfig.to_py(cfg)
+    text = LazyConfig.to_yaml(cfg) if args.format == "yaml" else LazyConfig.to_py(cfg, prefix="")
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(source)
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
     else:
-        print(source)
+        sys.stdout.write(text)
     return 0
 
 

@@ -3,13 +3,15 @@
 
 Examples::
 
+    # after `make demo` (which writes output/retinanet_R_18_FPN_shapes/model_final.pth)
     python tools/predict.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py \\
-        --input datasets/shapes/val/000000.png datasets/shapes/val/000001.png \\
+        --input datasets/shapes/val/000000.jpg datasets/shapes/val/000001.jpg \\
         --output predictions/ train.init_checkpoint=output/retinanet_R_18_FPN_shapes/model_final.pth
 
 ``--input`` takes files and folders (every .jpg/.jpeg/.png/.bmp inside). Each
-output image shows the boxes with class name and score above
-``--confidence-threshold``; ``predictions.json`` lists them (XYXY pixels).
+output image (``--output``/NAME.png) shows the boxes with class name and score
+above ``--confidence-threshold``, labels inside the image and apart from each other;
+``predictions.json`` lists them (XYXY pixels).
 """
 
 import argparse

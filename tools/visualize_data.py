@@ -4,13 +4,13 @@
 Examples::
 
     # training images after the mapper (augmentations applied)
-    python tools/visualize_data.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py \\
-        --source dataloader --output-dir vis/ --num-images 16
+    python tools/visualize_data.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py --output-dir vis/ --num-images 16
     # raw annotations from the dataset files
-    python tools/visualize_data.py --config-file ... --source annotation --output-dir vis/
+    python tools/visualize_data.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py \\
+        --source annotation --output-dir vis_raw/ --num-images 16
     # another training loader of the config, e.g. RTMDet's stage-2 pipeline
-    python tools/visualize_data.py --config-file projects/RTMDet/configs/rtmdet_tiny_8xb32-300e_coco.py \\
-        --loader train_stage2 --output-dir vis2/
+    python tools/visualize_data.py --config-file projects/RTMDet/configs/rtmdet_tiny_shapes_recipe.py \\
+        --loader train_stage2 --output-dir vis2/ --num-images 16
 """
 
 import argparse

@@ -23,6 +23,9 @@ train = dict(
     # with mapper.is_train=True (test augmentations, annotations kept), filter_empty=True
     # and dataloader.train.total_batch_size // world_size images per batch.
     val_loss=dict(period=0, num_batches=None),
+    # Warn once when total_loss exceeds `factor` times its median over the previous `window`
+    # iterations (a run starting to diverge; a NaN/inf loss always stops training). factor=0: off.
+    loss_explosion=dict(factor=100.0, window=20),
     log_period=20,
     # Gather and write the losses in a background thread, overlapping the optimizer step
     # (detectron2's SimpleTrainer(async_write_metrics=True)); metrics.json is the same.

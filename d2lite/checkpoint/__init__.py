@@ -3,6 +3,7 @@
 from fvcore.common.checkpoint import Checkpointer, PeriodicCheckpointer
 
 from .c2_model_loading import align_and_update_state_dicts
+from .compatibility import CheckpointError, IncompatibleCheckpointError, check_optimizer_state
 from .detection_checkpoint import DetectionCheckpointer
 
 __all__ = [
@@ -10,4 +11,7 @@ __all__ = [
     "PeriodicCheckpointer",
     "DetectionCheckpointer",
     "align_and_update_state_dicts",
+    "CheckpointError",
+    "IncompatibleCheckpointError",
+    "check_optimizer_state",
 ]

@@ -3,6 +3,7 @@
 import logging
 import os
 import pickle
+import re
 import tempfile
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qsl
@@ -16,8 +17,12 @@ from d2lite.utils.file_io import PathManager
 
 from . import catalog as _catalog  # noqa: F401  (registers catalog:// in PathManager)
 from .c2_model_loading import align_and_update_state_dicts
+from .compatibility import CheckpointError, shape_table
 
-__all__ = ["DetectionCheckpointer", "split_load_options"]
+__all__ = ["DetectionCheckpointer", "CheckpointError", "split_load_options"]
+
+_LAST_CHECKPOINT = "last_checkpoint"
+_NUMBERED = re.compile(r"_(\d+)\.pth$")
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +60,26 @@ def _atomic_write(path: str, write_fn: Any, binary: bool = True) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        interrupt = _keyboard_interrupt_in_chain(e)
+        if interrupt is not None and interrupt is not e:
+            # Ctrl-C inside torch.save: its zip writer then fails while closing
+            # ("unexpected pos ..."), hiding the interrupt. Report the interrupt.
+            raise interrupt.with_traceback(interrupt.__traceback__) from None
         raise
     _fsync_dir(dirname)
+
+
+def _keyboard_interrupt_in_chain(error: BaseException) -> Optional[KeyboardInterrupt]:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 _LOAD_OPTIONS = ("matching_heuristics",)
@@ -212,6 +232,96 @@ class DetectionCheckpointer(Checkpointer):
             return
         _atomic_write(save_file, lambda f: f.write(last_filename_basename), binary=False)
 
+    # ---------------------------------------------------------------- resuming
+    def has_checkpoint(self) -> bool:
+        """Whether ``save_dir`` holds something to resume from: a ``last_checkpoint``
+        tag or a ``.pth`` file."""
+        if not self.save_dir:
+            return False
+        if _is_remote(self.save_dir):
+            return super().has_checkpoint()
+        return os.path.exists(os.path.join(self.save_dir, _LAST_CHECKPOINT)) or bool(self._checkpoint_files())
+
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint that ``last_checkpoint`` names, or "" when the tag is missing,
+        empty, unreadable or names a missing file."""
+        if _is_remote(self.save_dir):
+            return super().get_checkpoint_file()
+        path, _ = self._read_last_checkpoint()
+        return path or ""
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """With ``resume`` and something to resume from in ``save_dir``: load the model
+        and all checkpointables from the checkpoint ``last_checkpoint`` names, or, when
+        that tag is empty, unreadable or names a missing or unreadable file, from the
+        newest checkpoint in ``save_dir`` that loads (highest iteration in the name,
+        ``*_final.pth`` first, then the newest file), with a warning naming what was
+        skipped and why. Otherwise load only the model from ``path`` (``""``: nothing).
+
+        Raises:
+            CheckpointError: nothing in ``save_dir`` can be read; the message names the
+                problem of ``last_checkpoint`` and of each checkpoint file.
+        """
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        if _is_remote(self.save_dir):
+            return super().resume_or_load(path, resume=True)
+        tagged, problem = self._read_last_checkpoint()
+        skipped = [f"{_LAST_CHECKPOINT} {problem}"] if problem else []
+        candidates = ([tagged] if tagged else []) + [f for f in self._checkpoint_files() if f != tagged]
+        for candidate in candidates:
+            try:
+                checkpoint = self._load_file(candidate)
+            except Exception as e:  # any damage: try the next one, and say why
+                reason = e.__cause__ if isinstance(e, RuntimeError) and e.__cause__ is not None else e
+                first = str(reason).split(". ")[0]
+                skipped.append(f"{os.path.basename(candidate)} cannot be read ({type(reason).__name__}: {first})")
+                continue
+            if skipped:
+                self.logger.warning(
+                    f"Resuming from {candidate}, the newest checkpoint in {self.save_dir} that loads. Skipped: "
+                    + "; ".join(skipped)
+                )
+            return self._load_checkpoint(candidate, checkpoint, None)
+        raise CheckpointError(
+            f"nothing in {self.save_dir} can be resumed from: "
+            + "; ".join(skipped or [f"no {_LAST_CHECKPOINT} and no .pth file"])
+        )
+
+    def _read_last_checkpoint(self) -> Tuple[Optional[str], Optional[str]]:
+        """(path named by ``last_checkpoint`` if it is a file, problem of the tag or None)."""
+        tag = os.path.join(self.save_dir, _LAST_CHECKPOINT)
+        if not os.path.exists(tag):
+            return None, "does not exist" if self._checkpoint_files() else None
+        try:
+            with open(tag, "rb") as f:
+                name = f.read(4096).decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None, "is not text (damaged)"
+        except OSError as e:
+            return None, f"cannot be read ({e})"
+        if not name:
+            return None, "is empty"
+        path = os.path.join(self.save_dir, name)
+        if not os.path.isfile(path):
+            return None, f"names {name}, which does not exist"
+        return path, None
+
+    def _checkpoint_files(self) -> List[str]:
+        """The ``.pth`` files of ``save_dir``, newest first: ``*_final.pth``, then by the
+        iteration in the name (``model_0000199.pth``), then by modification time."""
+        if not os.path.isdir(self.save_dir):
+            return []
+        files = [os.path.join(self.save_dir, n) for n in os.listdir(self.save_dir) if n.endswith(".pth")]
+
+        def newest_first(path: str):
+            name = os.path.basename(path)
+            match = _NUMBERED.search(name)
+            rank = float("inf") if name.endswith("_final.pth") else int(match.group(1)) if match else -1
+            return (rank, os.path.getmtime(path), name)
+
+        return sorted((f for f in files if os.path.isfile(f)), key=newest_first, reverse=True)
+
     # ----------------------------------------------------------------- loading
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
         """Load model (and checkpointables) from a file or URL.
@@ -242,9 +352,36 @@ class DetectionCheckpointer(Checkpointer):
                     f"Checkpoint {path} not found (resolved to {local}). Check "
                     "train.init_checkpoint / the path given to the checkpointer."
                 )
-            return super().load(local, checkpointables)
+            return self._load_checkpoint(local, self._load_file(local), checkpointables)
         finally:
             self._load_options = {}
+
+    def _load_checkpoint(
+        self, path: str, checkpoint: Dict[str, Any], checkpointables: Optional[List[str]]
+    ) -> Dict[str, Any]:
+        """Load the model and ``checkpointables`` (None: all present) from ``checkpoint``,
+        the data read from ``path``; return what is left (as fvcore's ``load``)."""
+        self.logger.info(f"[Checkpointer] Loading from {path} ...")
+        incompatible = self._load_model(checkpoint)
+        if incompatible is not None:
+            self._log_incompatible_keys(incompatible)
+        for key in self.checkpointables if checkpointables is None else checkpointables:
+            if key in checkpoint:
+                self.logger.info(f"Loading {key} from {path} ...")
+                self.checkpointables[key].load_state_dict(checkpoint.pop(key))
+        return checkpoint
+
+    def _log_incompatible_keys(self, incompatible: _IncompatibleKeys) -> None:
+        """As fvcore's, but the parameters whose shapes differ are listed in one table."""
+        if incompatible.incorrect_shapes:
+            self.logger.warning(
+                f"{len(incompatible.incorrect_shapes)} parameter(s) of the checkpoint have another shape "
+                "than in the model and were not loaded:\n"
+                + shape_table(incompatible.incorrect_shapes, ["parameter", "checkpoint", "model"])
+            )
+        reshaped = {k for k, _, _ in incompatible.incorrect_shapes}  # in the table, not "missing" again
+        missing = [k for k in incompatible.missing_keys if k not in reshaped]
+        super()._log_incompatible_keys(incompatible._replace(incorrect_shapes=[], missing_keys=missing))
 
     def _load_distributed(self, path: str, checkpointables: Optional[List[str]]) -> Dict[str, Any]:
         has_file = os.path.isfile(path)

@@ -22,7 +22,7 @@ from d2lite.utils.registry import _convert_target_to_string, locate
 
 from .loading import load_config_file
 from .overrides import apply_overrides
-from .serialization import save_yaml, to_py
+from .serialization import save_yaml, to_py, to_yaml
 
 __all__ = ["LazyCall", "LazyConfig"]
 
@@ -128,6 +128,12 @@ class LazyConfig:
         detectron2 does) and the warning names it; ``load`` never reads pickles.
         """
         save_yaml(cfg, filename)
+
+    @staticmethod
+    def to_yaml(cfg: Any) -> str:
+        """The YAML text :meth:`save` would write (values YAML cannot hold are reported
+        by key path in one warning, as by :meth:`save`)."""
+        return to_yaml(cfg)
 
     @staticmethod
     def apply_overrides(cfg: Any, overrides: List[str]) -> Any:

@@ -174,7 +174,8 @@ def apply_overrides(cfg: Any, overrides: List[str]) -> Any:
     """See :meth:`d2lite.config.LazyConfig.apply_overrides`."""
     for o in overrides:
         if "=" not in o:
-            raise ValueError(f"Override {o!r} must have the form key=value, e.g. train.max_iter=100.")
+            hint = " Command-line options such as --resume go before the overrides." if o.startswith("--") else ""
+            raise ValueError(f"Override {o!r} must have the form key=value, e.g. train.max_iter=100.{hint}")
         key, text = o.split("=", 1)
         key = key.strip()
         if key.startswith("+") or key.startswith("~"):

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from d2lite.utils.registry import _convert_target_to_string, _same, locate
 
-__all__ = ["save_yaml", "to_py", "YAMLLoader"]
+__all__ = ["save_yaml", "to_yaml", "to_py", "YAMLLoader"]
 
 
 _UNSERIALIZABLE = "<unserializable>"
@@ -97,12 +97,31 @@ def _target_string(target: Any) -> Optional[str]:
     return None
 
 
-def save_yaml(cfg: Any, filename: str) -> None:
-    """See :meth:`d2lite.config.LazyConfig.save`."""
+def _dump_yaml(cfg: Any) -> Tuple[str, List[str]]:
+    """(YAML text of ``cfg``, key paths of values YAML cannot hold)."""
     container = OmegaConf.to_container(cfg, resolve=False) if OmegaConf.is_config(cfg) else cfg
     bad: List[str] = []
     data = _yaml_safe(container, "", bad)
     dumped = yaml.dump(data, Dumper=_Dumper, default_flow_style=None, allow_unicode=True, width=9999, sort_keys=False)
+    return dumped, bad
+
+
+def to_yaml(cfg: Any) -> str:
+    """See :meth:`d2lite.config.LazyConfig.to_yaml`."""
+    dumped, bad = _dump_yaml(cfg)
+    if bad:
+        warnings.warn(
+            f"These keys hold values YAML cannot represent and were written as '{_UNSERIALIZABLE} ...' "
+            f"strings: {', '.join(bad)}. Use LazyCall nodes or import paths instead to make the config reloadable.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return dumped
+
+
+def save_yaml(cfg: Any, filename: str) -> None:
+    """See :meth:`d2lite.config.LazyConfig.save`."""
+    dumped, bad = _dump_yaml(cfg)
     with open(filename, "w", encoding="utf-8") as f:
         f.write(dumped)
     if bad:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -23,6 +24,7 @@ from d2lite.utils.events import CommonMetricPrinter, EventWriter, JSONWriter, Te
 from d2lite.utils.logger import setup_logger
 
 __all__ = [
+    "config_changes",
     "create_ddp_model",
     "default_argument_parser",
     "default_setup",
@@ -70,7 +72,7 @@ def default_argument_parser(epilog: Optional[str] = None) -> argparse.ArgumentPa
         epilog: epilog passed to ArgumentParser describing the usage.
 
     Returns:
-        argparse.ArgumentParser: with --config-file, --resume, --eval-only, --num-gpus,
+        argparse.ArgumentParser: with --config-file, --resume, --eval-only, --overwrite, --num-gpus,
         --num-machines, --machine-rank, --dist-url and trailing ``opts``
         (``path.key=value`` overrides).
     """
@@ -98,7 +100,18 @@ Run on multiple machines:
         help="Whether to attempt to resume from the checkpoint directory "
         "(the last checkpoint in train.output_dir, else train.init_checkpoint).",
     )
-    parser.add_argument("--eval-only", action="store_true", help="perform evaluation only")
+    parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="perform evaluation only, of train.init_checkpoint (into train.output_dir/eval/<checkpoint name> "
+        "when train.output_dir holds a training run)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a fresh run in a train.output_dir that holds a previous run: its checkpoints, "
+        "metrics, events, logs, config and manifest are deleted first",
+    )
     parser.add_argument("--num-gpus", type=int, default=1, help="number of gpus *per machine* (processes on CPU)")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
     parser.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine (unique per machine)")
@@ -166,11 +179,22 @@ def _git_info(repo_dir: str) -> Dict[str, Optional[str]]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
-def _write_manifest(path: str, *, args: Any, seed: int, cfg_seed: int, world_size: int) -> Dict[str, Any]:
+def _write_manifest(
+    path: str,
+    *,
+    args: Any,
+    seed: int,
+    cfg_seed: int,
+    world_size: int,
+    resume: bool = False,
+    config_changes: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    """Write the run manifest. A fresh start writes a new one; a resume keeps the
+    run's manifest and appends its own entry to ``history`` (one entry per start)."""
     import d2lite
 
     repo_dir = os.path.dirname(os.path.dirname(os.path.abspath(d2lite.__file__)))
-    manifest = {
+    start = {
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command_line": [sys.executable] + sys.argv,
         "args": vars(args) if isinstance(args, argparse.Namespace) else str(args),
@@ -179,13 +203,53 @@ def _write_manifest(path: str, *, args: Any, seed: int, cfg_seed: int, world_siz
         "train.seed": cfg_seed,
         "world_size": world_size,
         "hostname": os.uname().nodename if hasattr(os, "uname") else None,
-        "environment": collect_env_dict(),
     }
+    manifest = None
+    if resume and os.path.isfile(path):
+        try:
+            with open(path) as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            manifest = None  # unreadable: start a new one
+    if isinstance(manifest, dict):
+        history = manifest.setdefault("history", [])
+        history.append({**start, "resume": True, "config_changes": config_changes or {}})
+    else:
+        manifest = {**start, "environment": collect_env_dict()}
+        manifest["history"] = [{**start, "resume": resume, "config_changes": config_changes or {}}]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True, default=str)
     os.replace(tmp, path)
     return manifest
+
+
+def _diff(old: Any, new: Any, prefix: str, out: Dict[str, List[Any]]) -> None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            _diff(old.get(k, _MISSING), new.get(k, _MISSING), f"{prefix}{k}.", out)
+    elif old != new:
+        out[prefix[:-1]] = [None if old is _MISSING else old, None if new is _MISSING else new]
+
+
+def config_changes(saved_yaml: str, cfg: Any) -> Dict[str, List[Any]]:
+    """Keys whose value in ``cfg`` differs from the config saved at ``saved_yaml``:
+    ``{"train.max_iter": [saved value, new value], ...}``, at the deepest key where
+    they differ (a key only in one of them has None on the other side). Values are
+    compared as their YAML (plain data)."""
+    import yaml
+
+    from d2lite.config import LazyConfig
+    from d2lite.config.serialization import YAMLLoader
+
+    with open(saved_yaml, encoding="utf-8") as f:
+        old = yaml.load(f, Loader=YAMLLoader) or {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # unserializable values were reported when the run started
+        new = yaml.load(LazyConfig.to_yaml(cfg), Loader=YAMLLoader) or {}
+    changes: Dict[str, List[Any]] = {}
+    _diff(old, new, "", changes)
+    return changes
 
 
 def default_setup(cfg: Any, args: Any) -> None:
@@ -198,7 +262,11 @@ def default_setup(cfg: Any, args: Any) -> None:
     3. Log basic information about environment, cmdline arguments, and config.
     4. Save the full config to ``output_dir/config.yaml`` (``LazyConfig.save``) and a run
        manifest to ``output_dir/manifest.json`` (time, command line, args, git commit
-       and dirty flag, seed, world size, package versions) — main process only.
+       and dirty flag, seed, world size, package versions) — main process only. With
+       ``args.resume`` an existing ``config.yaml`` is kept (it is the run's config) and
+       the keys the new config changes are logged; the manifest keeps the first start's
+       fields and gets one ``history`` entry per start (command line, time, git,
+       ``resume``, ``config_changes``: ``{key: [saved, new]}``).
     5. Seed all RNGs with ``cfg.train.seed + rank`` (default seed 0; a negative seed
        draws a random one, which is then logged and written to the manifest).
 
@@ -231,9 +299,21 @@ def default_setup(cfg: Any, args: Any) -> None:
     if comm.is_main_process() and output_dir:
         from d2lite.config import LazyConfig
 
+        resume = bool(getattr(args, "resume", False)) and not getattr(args, "eval_only", False)
         path = os.path.join(output_dir, "config.yaml")
-        LazyConfig.save(cfg, path)
-        logger.info(f"Full config saved to {path}")
+        changes = None
+        if resume and os.path.isfile(path):
+            # config.yaml stays the run's training config; the resume's changes go to the manifest.
+            changes = config_changes(path, cfg)
+            if changes:
+                listed = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+                logger.warning(
+                    f"Resuming with a config that differs from {path} (kept as the run's config; "
+                    f"the changes are recorded in manifest.json):\n{listed}"
+                )
+        else:
+            LazyConfig.save(cfg, path)
+            logger.info(f"Full config saved to {path}")
         manifest_path = os.path.join(output_dir, "manifest.json")
         _write_manifest(
             manifest_path,
@@ -241,8 +321,10 @@ def default_setup(cfg: Any, args: Any) -> None:
             seed=used_seed,
             cfg_seed=seed,
             world_size=comm.get_world_size(),
+            resume=resume,
+            config_changes=changes,
         )
-        logger.info(f"Run manifest saved to {manifest_path}")
+        logger.info(f"Run manifest {'updated' if resume else 'saved'}: {manifest_path}")
 
     # cudnn benchmark has large overhead. It shouldn't be used considering the small size of
     # typical validation set.

@@ -39,6 +39,7 @@ from d2lite.evaluation.testing import flatten_results_dict
 from d2lite.utils import comm
 from d2lite.utils.events import EventWriter
 
+from .loss_explosion import LossExplosionCheck
 from .train_loop import HookBase
 from .validation_loss import ValidationLoss
 
@@ -54,6 +55,7 @@ __all__ = [
     "EMAHook",
     "TorchProfiler",
     "ValidationLoss",
+    "LossExplosionCheck",
 ]
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,9 @@ project changes *how it trains* through its config instead of copying the script
 * :func:`build_model`, :func:`build_ema`, :func:`build_val_loss_loader`, :func:`do_test`;
 * :func:`default_hooks`: the built-in hooks plus the config's ``train.hooks``, ordered
   by priority (see :mod:`d2lite.engine.priority`);
-* :func:`do_train` and :func:`do_eval_only`: the two entry points.
+* :func:`do_train` and :func:`do_eval_only`: the two entry points;
+* :func:`prepare_output_dir`: the checks and the lock of ``train.output_dir`` before a
+  run writes anything (see :mod:`d2lite.engine.output_dir`).
 
 The config has the sections of detectron2's LazyConfig files: ``model``,
 ``dataloader`` (``train``, ``test``, ``evaluator``, optional ``val_loss``),
@@ -33,6 +35,7 @@ scheduler, before the checkpointer, evaluation and the writers). A hook with
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import itertools
@@ -43,7 +46,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
-from d2lite.checkpoint import DetectionCheckpointer
+from d2lite.checkpoint import CheckpointError, DetectionCheckpointer
+from d2lite.checkpoint.compatibility import IncompatibleCheckpointError
 from d2lite.checkpoint.detection_checkpoint import split_load_options
 from d2lite.config import LazyCall as L
 from d2lite.config import LazyConfig, instantiate
@@ -59,6 +63,14 @@ from d2lite.utils.visualizer import draw_boxes, image_to_rgb
 from . import hooks
 from .defaults import create_ddp_model, default_writers
 from .exact_resume import ExactResume
+from .output_dir import (
+    OutputDirError,
+    OutputDirLock,
+    clear_previous_run,
+    eval_output_dir,
+    previous_run_files,
+    remove_temporary_files,
+)
 from .preemption import DEFAULT_STOP_SIGNALS, TrainingInterrupted, parse_signals
 from .priority import hook_priority
 from .train_loop import AMPTrainer, HookBase, SimpleTrainer, TrainerBase
@@ -79,6 +91,7 @@ __all__ = [
     "default_hooks",
     "do_train",
     "do_eval_only",
+    "prepare_output_dir",
 ]
 
 logger = logging.getLogger("d2lite")
@@ -208,9 +221,9 @@ def _put_prediction_images(cfg: DictConfig, model: torch.nn.Module, loader: Iter
 def do_test(cfg: DictConfig, model: torch.nn.Module, ema: Optional[ModelEMA] = None) -> Dict[str, Any]:
     """Evaluate ``model`` (or its EMA weights) on ``cfg.dataloader.test`` with
     ``cfg.dataloader.evaluator``; print the results table; return the metrics dict
-    ({} when the config has no evaluator). Puts a few test images with predicted boxes
-    into the event storage when one is open."""
-    if "evaluator" not in cfg.dataloader:
+    ({} when the config has no evaluator, or ``dataloader.evaluator=None``). Puts a few
+    test images with predicted boxes into the event storage when one is open."""
+    if cfg.dataloader.get("evaluator", None) is None:
         return {}
     if "output_dir" not in cfg.dataloader.evaluator or cfg.dataloader.evaluator.output_dir is None:
         cfg.dataloader.evaluator.output_dir = os.path.join(cfg.train.output_dir, "inference")
@@ -335,12 +348,13 @@ def default_hooks(
 
     Built-in order (priority): IterationTimer (VERY_HIGH), GradientClipping and
     EMAHook (HIGH), LRScheduler (ABOVE_NORMAL), [config hooks, NORMAL by default],
-    ExactResume and PeriodicCheckpointer (BELOW_NORMAL), ValidationLoss and EvalHook
-    (LOW), PeriodicWriter (LOWEST). The checkpointer and writer exist on the main process
-    only.
+    ExactResume and PeriodicCheckpointer (BELOW_NORMAL), ValidationLoss, EvalHook and
+    LossExplosionCheck (LOW; ``train.loss_explosion``), PeriodicWriter (LOWEST). The
+    checkpointer and writer exist on the main process only.
     """
     clip = cfg.train.get("clip_grad", None)
     val_loss = cfg.train.get("val_loss", None) or {}
+    explosion = cfg.train.get("loss_explosion", None) or {}
     eval_ema = ema if ema is not None and cfg.train.ema.get("use_for_eval", True) else None
     model = trainer.model
     candidates = [
@@ -359,6 +373,9 @@ def default_hooks(
         if val_loss.get("period", 0) > 0
         else None,
         hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, eval_ema)),
+        hooks.LossExplosionCheck(explosion["factor"], explosion.get("window", 20))
+        if explosion.get("factor", 0)
+        else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if comm.is_main_process()
         else None,
@@ -412,7 +429,20 @@ def do_train(cfg: DictConfig, resume: bool = False) -> TrainerBase:
     trainer.cfg = cfg
     trainer.register_hooks(default_hooks(cfg, trainer, checkpointer, ema))
 
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    try:
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    except CheckpointError as e:
+        if not resume:
+            raise
+        if isinstance(e, IncompatibleCheckpointError):
+            hint = (
+                "The model or optimizer changed since the checkpoint; nothing was resumed. To train the changed "
+                f"model from these weights, start a new run: train.init_checkpoint={checkpointer.get_checkpoint_file()}"
+                " with a new train.output_dir"
+            )
+        else:
+            hint = "Start a new run instead: a new train.output_dir, or --overwrite"
+        raise ConfigError(f"--resume in {cfg.train.output_dir}: {e}. {hint}") from e
     # A checkpoint is saved after iteration trainer.iter finished.
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     try:
@@ -452,3 +482,97 @@ def do_eval_only(cfg: DictConfig) -> Dict[str, Any]:
         logger.warning(f"train.ema.enabled but {cfg.train.init_checkpoint} holds no EMA weights: evaluating the model")
     model = create_ddp_model(model)
     return do_test(cfg, model, ema if use_ema else None)
+
+
+# ---------------------------------------------------------------- the output directory
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def prepare_output_dir(
+    cfg: DictConfig,
+    *,
+    resume: bool = False,
+    eval_only: bool = False,
+    overwrite: bool = False,
+    main_process: bool = True,
+) -> contextlib.AbstractContextManager:
+    """Check and claim ``cfg.train.output_dir`` before a run writes anything into it.
+
+    * ``eval_only``: ``train.init_checkpoint`` must be set (and exist, for a local path);
+      if ``train.output_dir`` holds a training run, ``cfg.train.output_dir`` becomes
+      ``{train.output_dir}/eval/{checkpoint name}``
+      (:func:`~d2lite.engine.output_dir.eval_output_dir`), so the training run's records
+      stay untouched; an earlier evaluation in the directory is replaced.
+    * The directory must be creatable and writable.
+    * On the main process (``main_process``): the directory is locked
+      (:class:`~d2lite.engine.output_dir.OutputDirLock`, reported if stale); a fresh
+      training run (no ``resume``, or ``resume`` with no checkpoint to resume from) into
+      a directory holding a previous run's checkpoints or metrics is refused unless
+      ``overwrite``, which deletes them first; a local ``train.init_checkpoint`` that
+      will be loaded must exist; temporary files of interrupted saves are removed.
+
+    Returns:
+        The held lock (a context manager that releases it), or a null context on other
+        processes.
+
+    Raises:
+        ConfigError: one line naming the setting to fix (``train.output_dir``,
+            ``train.init_checkpoint``, ``--resume``/``--overwrite``).
+    """
+    init = str(cfg.train.get("init_checkpoint", "") or "")
+    init = split_load_options(init)[0] if init else ""  # "model.pth?matching_heuristics=True"
+    if eval_only:
+        if not init:
+            raise ConfigError("--eval-only evaluates train.init_checkpoint: add train.init_checkpoint=PATH")
+        if _is_local(init) and not os.path.isfile(init):
+            raise ConfigError(f"train.init_checkpoint={init} does not exist")
+        cfg.train.output_dir = eval_output_dir(cfg.train.output_dir, init)
+    output_dir = str(cfg.train.get("output_dir", "") or "")
+    if not output_dir:
+        return contextlib.nullcontext()
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ConfigError(f"train.output_dir={output_dir} is a file, not a directory")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"train.output_dir={output_dir} cannot be created: {e.strerror or e}") from e
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.output_dir={output_dir} is not writable")
+    if not main_process:
+        return contextlib.nullcontext()
+
+    lock = OutputDirLock(output_dir)
+    try:
+        lock.acquire()
+    except OutputDirError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        removed = remove_temporary_files(output_dir)
+        if removed:
+            logger.warning(f"Removed temporary files of an interrupted save from {output_dir}: {', '.join(removed)}")
+        files = previous_run_files(output_dir)
+        resumable = any(f.endswith(".pth") or f == "last_checkpoint" for f in files)
+        if eval_only:
+            if os.listdir(output_dir) != [os.path.basename(lock.path)]:
+                logger.warning(f"Replacing the previous evaluation in {output_dir}")
+                clear_previous_run(output_dir)
+        elif files and not (resume and resumable):
+            if not overwrite:
+                shown = ", ".join(files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+                reason = "holds no checkpoint to resume from but" if resume else "already"
+                raise ConfigError(
+                    f"train.output_dir={output_dir} {reason} holds a previous run ({shown}). Add --resume to "
+                    "continue it, set train.output_dir to a new directory, or add --overwrite to delete the "
+                    "previous run's checkpoints, metrics and logs first"
+                )
+            removed = clear_previous_run(output_dir)
+            logger.warning(f"--overwrite: deleted the previous run in {output_dir}: {', '.join(removed)}")
+        if init and _is_local(init) and not eval_only and not (resume and resumable) and not os.path.isfile(init):
+            raise ConfigError(f"train.init_checkpoint={init} does not exist")
+    except BaseException:
+        lock.release()
+        raise
+    return lock

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from d2lite.checkpoint.compatibility import check_optimizer_state
 from d2lite.utils import comm
 from d2lite.utils.events import EventStorage, get_event_storage
 
@@ -285,7 +286,7 @@ class SimpleTrainer(TrainerBase):
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()
 
-        loss_dict, losses = self._sum_losses(self.model(data))
+        loss_dict, losses = self._sum_losses(self._forward(data))
         if not self.zero_grad_before_forward:
             self.optimizer.zero_grad()
         losses.backward()
@@ -297,6 +298,16 @@ class SimpleTrainer(TrainerBase):
         self._record_metrics(loss_dict, data_time)
 
         self.optimizer.step()
+
+    def _forward(self, data: Any) -> Any:
+        """``self.model(data)``; a FloatingPointError raised inside (non-finite values met
+        by the model, e.g. ``Boxes.clip``) is re-raised naming the iteration."""
+        try:
+            return self.model(data)
+        except FloatingPointError as e:
+            raise FloatingPointError(
+                f"Infinite or NaN values in the forward pass at iteration={self.iter}: {e}\n" + _divergence_hint({})
+            ) from e
 
     def _next_batch(self) -> Tuple[Any, float]:
         """The next batch and the seconds spent waiting for it.
@@ -414,7 +425,7 @@ class SimpleTrainer(TrainerBase):
             if not np.isfinite(local_total):
                 raise FloatingPointError(
                     f"Loss became infinite or NaN at iteration={cur_iter}!\n"
-                    f"loss_dict = {metrics_dict} (rank {comm.get_rank()})"
+                    f"loss_dict = {metrics_dict} (rank {comm.get_rank()})\n" + _divergence_hint(metrics_dict)
                 )
         else:
             # data_time among workers can have high variance. The actual latency
@@ -427,7 +438,8 @@ class SimpleTrainer(TrainerBase):
             total_losses_reduced = sum(metrics_dict.values())
             if not np.isfinite(total_losses_reduced):
                 raise FloatingPointError(
-                    f"Loss became infinite or NaN at iteration={cur_iter}!\nloss_dict = {metrics_dict}"
+                    f"Loss became infinite or NaN at iteration={cur_iter}!\nloss_dict = {metrics_dict}\n"
+                    + _divergence_hint(metrics_dict)
                 )
 
             storage.put_scalar(f"{prefix}total_loss", total_losses_reduced, cur_iter=cur_iter)
@@ -441,8 +453,24 @@ class SimpleTrainer(TrainerBase):
         return ret
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the iteration, hook states and optimizer state. The optimizer state is
+        checked first (:func:`d2lite.checkpoint.check_optimizer_state`): a state saved for
+        other parameters (a changed model) raises CheckpointError and restores nothing."""
+        model = self.model.module if isinstance(self.model, (DistributedDataParallel, DataParallel)) else self.model
+        names = {id(p): n for n, p in model.named_parameters()}
+        check_optimizer_state(self.optimizer, state_dict["optimizer"], names)
         super().load_state_dict(state_dict)
         self.optimizer.load_state_dict(state_dict["optimizer"])
+
+
+def _divergence_hint(losses: Mapping[str, float]) -> str:
+    bad = [k for k, v in losses.items() if k != "data_time" and not np.isfinite(v)]
+    return (
+        (f"Non-finite: {', '.join(bad)}. " if bad else "")
+        + "The training diverged: lower the learning rate (optimizer.lr), "
+        "clip the gradients (train.clip_grad.enabled=True) or lengthen the warm-up, then start again "
+        "or resume from an earlier checkpoint."
+    )
 
 
 def _metrics_executor() -> concurrent.futures.ThreadPoolExecutor:
@@ -538,7 +566,7 @@ class AMPTrainer(SimpleTrainer):
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad()
         with torch.autocast(device_type=self.device_type, dtype=self.precision):
-            loss_dict, losses = self._sum_losses(self.model(data))
+            loss_dict, losses = self._sum_losses(self._forward(data))
 
         if not self.zero_grad_before_forward:
             self.optimizer.zero_grad()

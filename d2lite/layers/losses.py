@@ -164,9 +164,13 @@ def smooth_l1_loss(input: torch.Tensor, target: torch.Tensor, beta: float, reduc
 
 
 def _check_boxes(name: str, x1: torch.Tensor, y1: torch.Tensor, x2: torch.Tensor, y2: torch.Tensor) -> None:
-    if not bool((x2 >= x1).all()):
+    """Finite boxes must be XYXY. Non-finite coordinates (a diverging model) are not
+    reported here: they make the loss NaN/inf, which the trainer reports as divergence
+    (FloatingPointError naming the iteration and each loss term)."""
+    finite = torch.isfinite(x1) & torch.isfinite(y1) & torch.isfinite(x2) & torch.isfinite(y2)
+    if bool(((x2 < x1) & finite).any()):
         raise ValueError(f"bad box in {name}: x1 larger than x2 (boxes must be XYXY)")
-    if not bool((y2 >= y1).all()):
+    if bool(((y2 < y1) & finite).any()):
         raise ValueError(f"bad box in {name}: y1 larger than y2 (boxes must be XYXY)")
 
 

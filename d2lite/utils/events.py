@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import time
 from collections import defaultdict
@@ -35,6 +36,7 @@ __all__ = [
     "TensorboardXWriter",
     "CommonMetricPrinter",
     "EventStorage",
+    "tensorboard_tag",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,10 +78,14 @@ class JSONWriter(EventWriter):
         {"iteration": 19, "loss_cls": 0.81, "lr": 0.002, "time": 0.12}
         {"iteration": 39, "loss_cls": 0.64, "lr": 0.004, "time": 0.11}
 
-    Each scalar is written at the iteration it was last put; scalars with a smoothing
-    hint are the median over the last ``window_size`` iterations. The file is opened in
-    append mode and flushed (and fsync'ed) after every ``write()`` so an interrupted run
-    loses nothing already written. Read it back with::
+    Scalar names are the storage's (detectron2's flat names: ``total_loss``, ``lr``,
+    ``bbox/AP``); only TensorBoard groups them (:func:`tensorboard_tag`). Each scalar
+    is written at the iteration it was last put; scalars with a smoothing hint are the
+    median over the last ``window_size`` iterations. Every line is strict JSON: a NaN
+    or infinite value (e.g. ``bbox/APl`` of a dataset without large objects) is
+    written as ``null``. The file is opened in append mode and flushed (and fsync'ed)
+    after every ``write()`` so an interrupted run loses nothing already written. Read
+    it back with::
 
         [json.loads(line) for line in open("metrics.json")]
     """
@@ -104,13 +110,13 @@ class JSONWriter(EventWriter):
             # Only write scalars that changed since the last write.
             if itr <= self._last_write:
                 continue
-            to_save[itr][k] = v
+            to_save[itr][k] = v if math.isfinite(v) else None
         if len(to_save):
             self._last_write = max(to_save.keys())
         for itr in sorted(to_save.keys()):
             scalars_per_iter = to_save[itr]
             scalars_per_iter["iteration"] = itr
-            self._file_handle.write(json.dumps(scalars_per_iter, sort_keys=True) + "\n")
+            self._file_handle.write(json.dumps(scalars_per_iter, sort_keys=True, allow_nan=False) + "\n")
         self._file_handle.flush()
         try:
             os.fsync(self._file_handle.fileno())
@@ -122,17 +128,61 @@ class JSONWriter(EventWriter):
         self._file_handle.close()
 
 
+_TIMING = ("time", "data_time", "rank_data_time", "eta_seconds")
+_OPTIM = ("lr", "grad_norm", "[metric]grad_scaler")
+_EVAL_TASKS = ("bbox", "segm", "keypoints")
+
+
+def tensorboard_tag(name: str) -> str:
+    """The TensorBoard tag of the storage scalar or image ``name``.
+
+    TensorBoard groups tags by their first ``/``-component and lists the groups in
+    alphabetical order, opening the first two; the tags are chosen so that the
+    training losses come first and the learning rate second:
+
+    ==============================================  ===================================
+    storage name (metrics.json)                     TensorBoard tag
+    ==============================================  ===================================
+    ``total_loss``, ``loss_cls``, any ``*loss*``    ``loss/total_loss``, ``loss/loss_cls``
+    ``lr``, ``grad_norm``, ``[metric]grad_scaler``  ``optim/lr``, ...
+    ``bbox/AP`` (evaluation), ``eval/pred_boxes_0``  ``test/bbox/AP``, ``test/pred_boxes_0``
+    ``time``, ``data_time``, ``eta_seconds``, ...   ``timing/time``, ``timing/data_time``, ...
+    ``val_total_loss``, ``val_loss_cls``, ...       ``val/total_loss``, ``val/loss_cls``, ...
+    other names (``num_pos_anchors``, images)       ``train/num_pos_anchors``
+    names with a ``/`` (``train/gt_boxes_0``)       unchanged
+    ==============================================  ===================================
+    """
+    group, _, rest = name.partition("/")
+    if rest:
+        if group in _EVAL_TASKS:
+            return f"test/{name}"
+        return f"test/{rest}" if group == "eval" else name
+    if name.startswith("val_"):
+        return f"val/{name[4:]}"
+    if name in _OPTIM:
+        return f"optim/{name.replace('[metric]', '')}"
+    if name in _TIMING:
+        return f"timing/{name}"
+    if "loss" in name:
+        return f"loss/{name}"
+    return f"train/{name}"
+
+
 class TensorboardXWriter(EventWriter):
     """Writes all scalars (and images put with ``put_image``) to a TensorBoard event file
-    using :class:`torch.utils.tensorboard.SummaryWriter`."""
+    using :class:`torch.utils.tensorboard.SummaryWriter`, under grouped tags
+    (:func:`tensorboard_tag`: ``loss/total_loss``, ``optim/lr``, ``test/bbox/AP``, ...)."""
 
-    def __init__(self, log_dir: str, window_size: int = 20, **kwargs: Any) -> None:
+    def __init__(self, log_dir: str, window_size: int = 20, tag_fn: Any = tensorboard_tag, **kwargs: Any) -> None:
         """
         Args:
             log_dir: the directory to save the output events.
             window_size: median window for scalars with ``smoothing_hint=True``.
+            tag_fn: storage name -> TensorBoard tag (``lambda name: name`` keeps the
+                storage names).
             kwargs: other arguments passed to ``SummaryWriter(...)``.
         """
+        self._tag = tag_fn
         self._window_size = window_size
         self._writer_args = {"log_dir": log_dir, **kwargs}
         self._last_write = -1
@@ -151,19 +201,19 @@ class TensorboardXWriter(EventWriter):
         new_last_write = self._last_write
         for k, (v, itr) in storage.latest_with_smoothing_hint(self._window_size).items():
             if itr > self._last_write:
-                self.writer.add_scalar(k, v, itr)
+                self.writer.add_scalar(self._tag(k), v, itr)
                 new_last_write = max(new_last_write, itr)
         self._last_write = new_last_write
 
         # Images are cleared after being written: they are large and only written once.
         if len(storage._vis_data) >= 1:
             for img_name, img, step_num in storage._vis_data:
-                self.writer.add_image(img_name, img, step_num)
+                self.writer.add_image(self._tag(img_name), img, step_num)
             storage.clear_images()
 
         if len(storage._histograms) >= 1:
             for params in storage._histograms:
-                self.writer.add_histogram_raw(**params)
+                self.writer.add_histogram_raw(**{**params, "tag": self._tag(params["tag"])})
             storage.clear_histograms()
         if self._writer is not None:
             self._writer.flush()

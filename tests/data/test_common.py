@@ -13,6 +13,9 @@ from d2lite.data.datasets.shapes import generate_shapes
 from d2lite.data.samplers import InferenceSampler
 from d2lite.utils.serialize import PicklableWrapper
 
+# onepass: the outcome does not depend on the float path (make test-1thread skips it).
+pytestmark = pytest.mark.onepass
+
 
 @pytest.fixture(scope="module")
 def shapes_dicts(tmp_path_factory):

@@ -87,6 +87,40 @@ def test_default_setup_writes_config_manifest_and_seeds(tmp_path, restore_logger
     assert "Environment info" in log and "Full config saved to" in log
 
 
+def test_resume_keeps_config_and_appends_to_manifest_history(tmp_path, restore_loggers, caplog):
+    out = tmp_path / "out"
+    parser = default_argument_parser()
+    default_setup(_cfg(out), parser.parse_args(["train.max_iter=10"]))
+    config_before = (out / "config.yaml").read_text()
+    first = json.loads((out / "manifest.json").read_text())
+    assert [h["resume"] for h in first["history"]] == [False]
+
+    changed = _cfg(out)
+    changed.train.max_iter = 20
+    changed.model.out_features = 3
+    logging.getLogger("d2lite").propagate = True  # so that caplog sees the warning
+    with caplog.at_level(logging.WARNING, logger="d2lite"):
+        default_setup(changed, parser.parse_args(["--resume", "train.max_iter=20"]))
+    assert (out / "config.yaml").read_text() == config_before  # the run's config stays
+    assert "train.max_iter: 10 -> 20" in caplog.text and "model.out_features: 1 -> 3" in caplog.text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {k: manifest[k] for k in first if k != "history"} == {k: first[k] for k in first if k != "history"}
+    assert [h["resume"] for h in manifest["history"]] == [False, True]
+    assert manifest["history"][1]["args"]["opts"] == ["train.max_iter=20"]
+    assert manifest["history"][1]["config_changes"] == {"model.out_features": [1, 3], "train.max_iter": [10, 20]}
+    assert manifest["history"][0] == first["history"][0]
+
+
+def test_fresh_run_replaces_config_and_manifest(tmp_path, restore_loggers):
+    out = tmp_path / "out"
+    default_setup(_cfg(out), default_argument_parser().parse_args([]))
+    changed = _cfg(out)
+    changed.train.max_iter = 30
+    default_setup(changed, default_argument_parser().parse_args([]))
+    assert "max_iter: 30" in (out / "config.yaml").read_text()
+    assert len(json.loads((out / "manifest.json").read_text())["history"]) == 1
+
+
 def test_default_setup_negative_seed_is_random_and_recorded(tmp_path, restore_loggers):
     out = tmp_path / "out"
     default_setup(_cfg(out, seed=-1), default_argument_parser().parse_args([]))

@@ -14,6 +14,9 @@ from helpers import retry_once
 from d2lite.engine import launch
 from d2lite.engine.launch import slurm_env, slurm_first_host, torchrun_env
 
+# onepass: the outcome does not depend on the float path (make test-1thread skips it).
+pytestmark = pytest.mark.onepass
+
 _SCRIPT = textwrap.dedent(
     """
     import json

@@ -72,12 +72,22 @@ def test_default_hooks_order_and_config_hooks_by_priority(tmp_path):
         "PeriodicCheckpointer",
         "ValidationLoss",
         "EvalHook",
+        "LossExplosionCheck",  # train.loss_explosion (on by default)
         "PeriodicWriter",
         "PrioritisedHook",  # LOWEST after PeriodicWriter (LOWEST): list order breaks the tie
     ]
     assert isinstance(ordered[7], ValidationLoss) and isinstance(ordered[-2], hooks.PeriodicWriter)
     # the user's config is not modified by popping the priority
     assert cfg.train.hooks[1].priority == "HIGHEST"
+
+
+def test_loss_explosion_check_from_the_train_section(tmp_path):
+    cfg = _cfg("train.loss_explosion.factor=50", "train.loss_explosion.window=7")
+    trainer, checkpointer = _trainer(cfg, tmp_path)
+    (check,) = [h for h in default_hooks(cfg, trainer, checkpointer) if isinstance(h, hooks.LossExplosionCheck)]
+    assert (check.factor, check.window) == (50.0, 7)
+    off = default_hooks(_cfg("train.loss_explosion.factor=0"), trainer, checkpointer)
+    assert not any(isinstance(h, hooks.LossExplosionCheck) for h in off)
 
 
 def test_config_hook_errors_name_the_key():

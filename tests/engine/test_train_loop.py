@@ -133,6 +133,33 @@ def test_nan_loss_raises_naming_iteration_and_keeps_weights():
     assert torch.isfinite(model.w).all()
 
 
+def test_nan_loss_message_names_each_term_and_how_to_proceed():
+    model = _Model()
+    trainer = SimpleTrainer(model, _loader([[float("inf"), 1.0]]), torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(FloatingPointError) as e:
+        trainer.train(3, 4)
+    message = str(e.value)
+    assert "iteration=3" in message and "'loss_a': inf" in message and "'loss_b': 2.5" in message
+    assert "Non-finite: loss_a." in message and "optimizer.lr" in message
+
+
+def test_floating_point_error_inside_the_forward_names_the_iteration():
+    from d2lite.structures import Boxes
+
+    class M(_Model):
+        def forward(self, x):
+            Boxes(self.w.detach().repeat(2).view(1, 4) * x[0]).clip((10, 10))
+            return super().forward(x)
+
+    model = M()
+    trainer = SimpleTrainer(
+        model, _loader([[1.0, 1.0], [float("nan"), 1.0]]), torch.optim.SGD(model.parameters(), lr=0)
+    )
+    with pytest.raises(FloatingPointError, match=r"forward pass at iteration=6: Boxes.clip") as e:
+        trainer.train(5, 7)
+    assert isinstance(e.value.__cause__, FloatingPointError)
+
+
 def test_inf_loss_also_raises():
     model = _Model()
     trainer = SimpleTrainer(model, _loader([[float("inf"), 1.0]]), torch.optim.SGD(model.parameters(), lr=0.1))

@@ -90,6 +90,19 @@ def test_giou_loss_rejects_bad_boxes():
         giou_loss(good, torch.tensor([[0.0, 2.0, 1.0, 1.0]]))
 
 
+@pytest.mark.parametrize("loss_fn", [giou_loss, diou_loss, ciou_loss])
+def test_non_finite_boxes_give_a_non_finite_loss_not_a_bad_box_error(loss_fn):
+    """A diverging model predicts NaN/inf boxes: the loss says NaN (and the trainer names
+    the iteration), instead of a misleading "x1 larger than x2"."""
+    good = torch.tensor([[0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 3.0, 4.0]])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        pred = good.clone()
+        pred[1, 0] = bad
+        assert not torch.isfinite(loss_fn(pred, good, reduction="sum"))
+    with pytest.raises(ValueError, match="x1 larger than x2"):  # finite bad boxes are still errors
+        loss_fn(torch.tensor([[float("nan"), 0.0, 1.0, 1.0], [2.0, 0.0, 1.0, 1.0]]), good)
+
+
 def test_diou_ciou_hand_cases():
     a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
     assert diou_loss(a, a).item() == pytest.approx(0.0, abs=1e-6)

@@ -13,6 +13,9 @@ import convert_yacs_config  # noqa: E402
 
 from d2lite.config import LazyConfig  # noqa: E402
 
+# onepass: the outcome does not depend on the float path (make test-1thread skips it).
+pytestmark = pytest.mark.onepass
+
 R50_1X = DETECTRON2_CONFIGS / "COCO-Detection" / "retinanet_R_50_FPN_1x.yaml"
 
 

@@ -12,7 +12,8 @@ import textwrap
 import pytest
 from helpers import REPO_ROOT
 
-pytestmark = pytest.mark.slow
+# onepass: the outcome does not depend on the float path (make test-1thread skips it).
+pytestmark = [pytest.mark.slow, pytest.mark.onepass]
 
 _DETECTOR = '''
 """A tiny anchor-free detector: one point per feature-map location, FCOS-style targets."""

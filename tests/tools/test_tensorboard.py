@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# onepass: the outcome does not depend on the float path (make test-1thread skips it).
+pytestmark = [pytest.mark.slow, pytest.mark.onepass]
 
 
 def _free_port() -> int:
@@ -72,20 +73,22 @@ def test_scalars_and_images_served(tensorboard_url, trained_run):
     tags = _get(f"{tensorboard_url}/data/plugin/scalars/tags")
     run = next(iter(tags))
     scalar_tags = set(tags[run])
+    # Grouped tags (README "TensorBoard"); metrics.json keeps detectron2's flat names.
     for tag in (
-        "total_loss",
-        "loss_cls",
-        "loss_box_reg",
-        "lr",
-        "time",
-        "data_time",
-        "num_pos_anchors",
-        "bbox/AP",
-        "bbox/AP50",
+        "loss/total_loss",
+        "loss/loss_cls",
+        "loss/loss_box_reg",
+        "optim/lr",
+        "timing/time",
+        "timing/data_time",
+        "train/num_pos_anchors",
+        "test/bbox/AP",
+        "test/bbox/AP50",
     ):
         assert tag in scalar_tags, (tag, sorted(scalar_tags))
+    assert all("/" in tag for tag in scalar_tags), sorted(scalar_tags)  # nothing ungrouped
     # The values TensorBoard serves are the ones metrics.json recorded.
-    query = urllib.parse.urlencode({"run": run, "tag": "total_loss"})
+    query = urllib.parse.urlencode({"run": run, "tag": "loss/total_loss"})
     served = {step: value for _, step, value in _get(f"{tensorboard_url}/data/plugin/scalars/scalars?{query}")}
     recorded = {}
     for line in (out / "metrics.json").read_text().splitlines():
@@ -97,4 +100,4 @@ def test_scalars_and_images_served(tensorboard_url, trained_run):
         assert served[step] == pytest.approx(value, rel=1e-5)
     image_tags = _get(f"{tensorboard_url}/data/plugin/images/tags")[run]
     assert any(t.startswith("train/gt_boxes") for t in image_tags), image_tags
-    assert any(t.startswith("eval/pred_boxes") for t in image_tags), image_tags
+    assert any(t.startswith("test/pred_boxes") for t in image_tags), image_tags

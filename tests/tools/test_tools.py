@@ -36,16 +36,45 @@ def test_dump_config_yaml_round_trips_with_overrides(tmp_path):
     assert cfg.model.anchor_generator.sizes == original.model.anchor_generator.sizes
 
 
-def test_dump_config_python_source(tmp_path, capsys):
+def test_dump_config_python_source_loads_back(tmp_path, capsys):
     assert dump_config.main(["--config-file", CONFIG, "train.max_iter=9"]) == 0
-    source = capsys.readouterr().out
-    compile(source, "dumped.py", "exec")
-    assert "max_iter=9" in source.replace(" ", "") or "max_iter:9" in source.replace(" ", "")
+    dumped = tmp_path / "dumped.py"
+    dumped.write_text(capsys.readouterr().out)
+    cfg = LazyConfig.load(str(dumped))
+    original = LazyConfig.apply_overrides(LazyConfig.load(CONFIG), ["train.max_iter=9"])
+    assert LazyConfig.to_py(cfg) == LazyConfig.to_py(original)
+    assert cfg.train.max_iter == 9
+    instantiate(cfg.model)  # builds
+
+
+def test_dump_config_yaml_to_stdout(tmp_path, capsys):
+    assert dump_config.main(["--config-file", CONFIG, "--format", "yaml", "train.max_iter=8"]) == 0
+    (tmp_path / "cfg.yaml").write_text(capsys.readouterr().out)
+    assert LazyConfig.load(str(tmp_path / "cfg.yaml")).train.max_iter == 8
 
 
 def test_dump_config_unknown_key_is_an_error(capsys):
     assert dump_config.main(["--config-file", CONFIG, "train.max_itr=9"]) == 2
     assert "train.max_itr" in capsys.readouterr().err
+
+
+def test_analyze_model_defaults_to_the_test_input_size_without_warnings():
+    """A fresh process (the warnings of fvcore's import only show there): nothing on stderr,
+    and the input is shapes_val's median image after the config's ResizeShortestEdge."""
+    from helpers import run_tool
+
+    from d2lite.data.transforms import ResizeShortestEdge
+
+    proc = run_tool("analyze_model.py", "--config-file", QUICK_CONFIG, "--tasks", "flop", timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    dicts = DatasetCatalog.get("shapes_val")
+    h, w = int(np.median([d["height"] for d in dicts])), int(np.median([d["width"] for d in dicts]))
+    (resize,) = LazyConfig.load(CONFIG).dataloader.test.mapper.augmentations
+    short = resize.short_edge_length  # a single size at test time
+    expected = "{}x{}".format(*ResizeShortestEdge.get_output_shape(h, w, short, resize.max_size))
+    assert (
+        f"Input size {expected}: the median test image, {h}x{w}, after the config's test augmentations" in proc.stdout
+    )
 
 
 def test_analyze_model_counts_parameters_and_flops(capsys):

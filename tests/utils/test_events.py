@@ -13,6 +13,7 @@ from d2lite.utils.events import (
     TensorboardXWriter,
     get_event_storage,
     has_event_storage,
+    tensorboard_tag,
 )
 
 
@@ -145,9 +146,10 @@ def test_tensorboard_writer_scalars_and_images(tmp_path):
     assert len(files) == 1
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
-    assert set(acc.Tags()["scalars"]) == {"loss", "lr"}
-    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(0, 0.0), (1, 2.0), (2, 4.0)]
-    assert [e.step for e in acc.Scalars("lr")] == [0, 1, 2]
+    # Grouped tags (tensorboard_tag): the storage names stay those of metrics.json.
+    assert set(acc.Tags()["scalars"]) == {"loss/loss", "optim/lr"}
+    assert [(e.step, e.value) for e in acc.Scalars("loss/loss")] == [(0, 0.0), (1, 2.0), (2, 4.0)]
+    assert [e.step for e in acc.Scalars("optim/lr")] == [0, 1, 2]
     assert acc.Tags()["images"] == ["train/img"]
     img = acc.Images("train/img")[0]
     assert (img.step, img.width, img.height) == (1, 6, 8)
@@ -200,3 +202,71 @@ def test_common_metric_printer_eta_without_timer(printer_messages, monkeypatch):
         printer.write()  # 4 s for 2 iterations -> 2 s/it x (11 - 2 - 1) = 16 s
     assert "eta" not in printer_messages[0]
     assert "eta: 0:00:16" in printer_messages[1]
+
+
+def test_json_writer_writes_nan_and_inf_as_null(tmp_path):
+    path = str(tmp_path / "metrics.json")
+    writer = JSONWriter(path)
+    with EventStorage() as s:
+        s.put_scalars(smoothing_hint=False, **{"bbox/AP": 50.0, "bbox/APl": float("nan"), "grad_norm": float("inf")})
+        writer.write()
+    writer.close()
+    text = open(path).read()
+    assert "NaN" not in text and "Infinity" not in text
+    record = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert record == {"iteration": 0, "bbox/AP": 50.0, "bbox/APl": None, "grad_norm": None}
+
+
+@pytest.mark.parametrize(
+    "name, tag",
+    [
+        ("total_loss", "loss/total_loss"),
+        ("loss_cls", "loss/loss_cls"),
+        ("loss_box_reg", "loss/loss_box_reg"),
+        ("lr", "optim/lr"),
+        ("grad_norm", "optim/grad_norm"),
+        ("[metric]grad_scaler", "optim/grad_scaler"),
+        ("time", "timing/time"),
+        ("data_time", "timing/data_time"),
+        ("rank_data_time", "timing/rank_data_time"),
+        ("eta_seconds", "timing/eta_seconds"),
+        ("bbox/AP", "test/bbox/AP"),
+        ("bbox/AP-circle", "test/bbox/AP-circle"),
+        ("eval/pred_boxes_0", "test/pred_boxes_0"),
+        ("val_total_loss", "val/total_loss"),
+        ("val_num_pos_anchors", "val/num_pos_anchors"),
+        ("num_pos_anchors", "train/num_pos_anchors"),
+        ("train/gt_boxes_0", "train/gt_boxes_0"),
+        ("my_project/score", "my_project/score"),
+    ],
+)
+def test_tensorboard_tags(name, tag):
+    assert tensorboard_tag(name) == tag
+
+
+def _tensorboard_landing_groups(tags):
+    """The tag groups the TensorBoard 2.x Time Series dashboard opens on its landing
+    view: groups are the first "/"-component of the tags, ordered like the sorted tags
+    (tensorboard's compareTagNames: "/" and digits before letters, case-sensitive), and
+    the first two are expanded."""
+
+    def key(tag):
+        return [(0, c) if c == "/" or c.isdigit() else (1, c) for c in tag]
+
+    groups = []
+    for tag in sorted(tags, key=key):
+        group = tag.split("/", 1)[0]
+        if group not in groups:
+            groups.append(group)
+    return groups[:2]
+
+
+def test_tensorboard_landing_view_opens_losses_first():
+    names = [
+        "total_loss", "loss_cls", "loss_box_reg", "lr", "time", "data_time", "rank_data_time", "eta_seconds",
+        "num_pos_anchors", "bbox/AP", "bbox/AP50", "bbox/APl", "bbox/AP-circle", "val_total_loss",
+        "train/gt_boxes_0", "eval/pred_boxes_0",
+    ]  # fmt: skip
+    assert _tensorboard_landing_groups([tensorboard_tag(n) for n in names]) == ["loss", "optim"]
+    # With the flat names, the landing view was single-point AP cards and data_time.
+    assert _tensorboard_landing_groups(names) == ["bbox", "data_time"]

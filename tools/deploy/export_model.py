@@ -14,13 +14,14 @@ After writing, the file is loaded in a new Python process without d2lite and run
 eager model's (same number, boxes within 1e-3 px, scores within 1e-4, same classes),
 else the tool fails naming the first mismatch. ``--no-check`` skips that.
 
-Examples::
+Examples (from the repository root, in the activated .venv, after ``make demo``)::
 
     python tools/deploy/export_model.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py \\
         --format exported_program --output export/retinanet \\
         train.init_checkpoint=output/retinanet_R_18_FPN_shapes/model_final.pth
-    python tools/deploy/export_model.py --config-file projects/RTMDet/configs/rtmdet_tiny_shapes.py \\
-        --format onnx --output export/rtmdet train.init_checkpoint=output/rtmdet_tiny_shapes/model_final.pth
+    python tools/deploy/export_model.py --config-file configs/quick/retinanet_R_18_FPN_shapes.py \\
+        --format onnx --output export/retinanet \\
+        train.init_checkpoint=output/retinanet_R_18_FPN_shapes/model_final.pth
 """
 
 import argparse
