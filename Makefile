@@ -32,7 +32,7 @@ rtmdet-demo: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) tools/lazyconfig_train_net.py --config-file projects/RTMDet/configs/rtmdet_tiny_shapes.py
 
 test: $(STAMP)
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest --durations=25
 
 test-quick: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -m "not slow"
