@@ -156,7 +156,7 @@ def reference(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("workers", [2])
+@pytest.mark.parametrize("workers", [0, 2])
 def test_sigkill_between_checkpoints_then_resume_is_exact(reference, tmp_path, workers):
     out = tmp_path / "killed"
     proc = _start(_args(out, workers))
@@ -171,7 +171,7 @@ def test_sigkill_between_checkpoints_then_resume_is_exact(reference, tmp_path, w
     _assert_equal_to_reference(out, reference, resumed_after)
 
 
-@pytest.mark.parametrize("workers", [0])
+@pytest.mark.parametrize("workers", [0, 2])
 def test_sigterm_saves_then_the_logged_command_resumes_exactly(reference, tmp_path, workers):
     out = tmp_path / "stopped"
     proc = _start(_args(out, workers))

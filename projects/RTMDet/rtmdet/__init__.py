@@ -1,7 +1,7 @@
 """RTMDet (mmdetection 3.x) as a d2lite project.
 
-Import as ``rtmdet`` with ``projects/RTMDet`` on ``sys.path`` (the configs and tests
-add it)."""
+Installed as the ``rtmdet`` package (``pip install -e projects/RTMDet``, done by the
+Makefile), so ``import rtmdet`` works from anywhere and the configs need no ``sys.path``."""
 
 from .assigner import AssignResult, DynamicSoftLabelAssigner, bbox_overlaps
 from .backbone import CSPNeXt, CSPNeXtPAFPN
