@@ -85,9 +85,9 @@ __all__ = [
     "build_train_loader",
     "class_names",
     "do_test",
+    "load_eval_weights",
     "build_config_hooks",
     "instantiate_train_loader",
-    "build_train_loader",
     "default_hooks",
     "do_train",
     "do_eval_only",
@@ -467,21 +467,38 @@ class _LoadRecorder:
         self.loaded = True
 
 
-def do_eval_only(cfg: DictConfig) -> Dict[str, Any]:
-    """Evaluate the weights of ``train.init_checkpoint`` (its EMA weights when it has
-    them and ``train.ema.enabled``); returns the metrics dict."""
-    model = build_model(cfg)
+def load_eval_weights(cfg: DictConfig, model: torch.nn.Module, action: str = "evaluating") -> Optional[torch.nn.Module]:
+    """Load ``train.init_checkpoint`` into ``model`` and, with ``train.ema.enabled``, into
+    a new EMA of it.
+
+    Returns:
+        The EMA when the checkpoint held EMA weights and ``train.ema.use_for_eval`` (default
+        True): its weights are the ones to use. Else None (a warning says so when an EMA was
+        asked for; ``action`` names what is done with the model's weights instead).
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+    """
     ema = build_ema(cfg, model)
     recorder = _LoadRecorder(ema) if ema is not None else None
     checkpointer = DetectionCheckpointer(model, **({"ema": recorder} if recorder is not None else {}))
     checkpointer.load(cfg.train.init_checkpoint)
-    use_ema = recorder is not None and recorder.loaded and cfg.train.ema.get("use_for_eval", True)
-    if use_ema:
+    if recorder is not None and recorder.loaded and cfg.train.ema.get("use_for_eval", True):
+        return ema
+    if recorder is not None:
+        logger.warning(f"train.ema.enabled but {cfg.train.init_checkpoint} holds no EMA weights: {action} the model")
+    return None
+
+
+def do_eval_only(cfg: DictConfig) -> Dict[str, Any]:
+    """Evaluate the weights of ``train.init_checkpoint`` (its EMA weights when it has
+    them and ``train.ema.enabled``); returns the metrics dict."""
+    model = build_model(cfg)
+    ema = load_eval_weights(cfg, model)
+    if ema is not None:
         logger.info(f"Evaluating the EMA weights of {cfg.train.init_checkpoint}")
-    elif recorder is not None:
-        logger.warning(f"train.ema.enabled but {cfg.train.init_checkpoint} holds no EMA weights: evaluating the model")
     model = create_ddp_model(model)
-    return do_test(cfg, model, ema if use_ema else None)
+    return do_test(cfg, model, ema)
 
 
 # ---------------------------------------------------------------- the output directory

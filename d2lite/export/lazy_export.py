@@ -18,9 +18,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from d2lite.checkpoint import DetectionCheckpointer
 from d2lite.config import instantiate
-from d2lite.engine.lazy_train import ConfigError, build_ema, build_model, class_names
+from d2lite.engine.lazy_train import ConfigError, build_model, class_names, load_eval_weights
 
 from .adapter import DetectorExportAdapter, build_export_adapter
 from .check import CheckReport, Sample, check_export
@@ -31,20 +30,6 @@ __all__ = ["load_trained_model", "sample_images", "export_model", "ExportResult"
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "export.json"
-
-
-class _RecordLoad:
-    """Checkpointable wrapper of the EMA that records whether the checkpoint held its state."""
-
-    def __init__(self, obj: nn.Module):
-        self.obj, self.loaded = obj, False
-
-    def state_dict(self) -> Dict[str, Any]:
-        return self.obj.state_dict()
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        self.obj.load_state_dict(state_dict)
-        self.loaded = True
 
 
 def load_trained_model(cfg: DictConfig) -> Tuple[nn.Module, str]:
@@ -63,19 +48,14 @@ def load_trained_model(cfg: DictConfig) -> Tuple[nn.Module, str]:
         raise ConfigError("train.init_checkpoint is empty: add train.init_checkpoint=PATH (the trained weights)")
     cfg.train.device = "cpu"
     model = build_model(cfg)
-    ema = build_ema(cfg, model)
-    recorder = _RecordLoad(ema) if ema is not None else None
-    checkpointer = DetectionCheckpointer(model, **({"ema": recorder} if recorder is not None else {}))
     try:
-        checkpointer.load(path)
+        ema = load_eval_weights(cfg, model, action="exporting")
     except FileNotFoundError as e:
         raise ConfigError(f"train.init_checkpoint={path}: no such checkpoint file") from e
     weights = "model"
-    if recorder is not None and recorder.loaded and cfg.train.ema.get("use_for_eval", True):
+    if ema is not None:
         model.load_state_dict(ema.module.state_dict())
         weights = "ema"
-    elif recorder is not None:
-        logger.warning(f"train.ema.enabled but {path} holds no EMA weights: exporting the model's weights")
     return model.eval(), weights
 
 
