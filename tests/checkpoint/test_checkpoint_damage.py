@@ -146,6 +146,9 @@ import torch
 import d2lite.checkpoint.detection_checkpoint as dc
 
 out, sig = sys.argv[1], sys.argv[2]
+# Python's Ctrl-C handler, also when this test runs in a background job (whose shell made
+# the children ignore SIGINT, so Python would not install it).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class Interrupting:

@@ -283,7 +283,7 @@ def test_register_all_shapes_uses_env(tmp_path, monkeypatch):
     DatasetCatalog, MetadataCatalog = catalog.DatasetCatalog, catalog.MetadataCatalog
 
     def unregister():
-        for name in ("shapes_train", "shapes_val"):
+        for name in ("shapes_train", "shapes_val", "shapes_val_50"):
             if name in DatasetCatalog.list():
                 DatasetCatalog.remove(name)
             if name in MetadataCatalog.list():
@@ -328,3 +328,27 @@ def test_two_processes_generate_at_once(tmp_path, train20):
     assert sorted(queue.get(timeout=5) for _ in procs) == ["ok", "ok"]
     assert sorted(os.listdir(tmp_path)) == ["train", "train.json"]
     assert _digest(str(tmp_path), "train") == _digest(train20[0], "train")
+
+
+def test_shapes_val_50_is_the_first_50_images_of_shapes_val_and_evaluates_on_its_own(tmp_path):
+    """Perfect predictions on shapes_val_50 give AP 100: the evaluator's ground truth is the
+    subset's own (against shapes_val.json, 150 images' boxes would be missed)."""
+    import torch
+
+    from d2lite.data.catalog import DatasetCatalog
+    from d2lite.evaluation import COCOEvaluator
+    from d2lite.structures import Boxes, BoxMode, Instances
+
+    dicts = DatasetCatalog.get("shapes_val_50")
+    assert dicts == DatasetCatalog.get("shapes_val")[:50]
+    evaluator = COCOEvaluator("shapes_val_50", output_dir=str(tmp_path), allow_cached_coco=False)
+    evaluator.reset()
+    for d in dicts:
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in d["annotations"]]
+        instances = Instances((d["height"], d["width"]))
+        instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        instances.scores = torch.ones(len(boxes))
+        instances.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]], dtype=torch.int64)
+        evaluator.process([{"image_id": d["image_id"]}], [{"instances": instances}])
+    assert evaluator.evaluate()["bbox"]["AP"] == pytest.approx(100.0)
+    assert (tmp_path / "shapes_val_50_coco_format.json").is_file()

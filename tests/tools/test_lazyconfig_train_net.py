@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from helpers import QUICK_CONFIG, SHORT, retry_once, run_tool
+from helpers import EVAL_SMALL, QUICK_CONFIG, SHORT, retry_once, run_tool
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +76,7 @@ def test_eval_only_reproduces_ap(trained_run, tmp_path):
         "--config-file",
         QUICK_CONFIG,
         "--eval-only",
+        EVAL_SMALL,
         f"train.init_checkpoint={out / 'model_final.pth'}",
         f"train.output_dir={tmp_path}",
         "dataloader.test.num_workers=0",
@@ -140,6 +141,7 @@ def test_ema_clipping_and_bf16_from_the_train_section(tmp_path):
         "--config-file",
         QUICK_CONFIG,
         "--eval-only",
+        EVAL_SMALL,
         *switches,
         f"train.init_checkpoint={out / 'model_final.pth'}",
         f"train.output_dir={tmp_path / 'eval'}",
@@ -273,7 +275,7 @@ def test_init_checkpoint_with_matching_heuristics(trained_run, tmp_path):
     renamed = {k.removeprefix("backbone."): v for k, v in model.items()}
     assert "bottom_up.stem.conv1.weight" in renamed and "head.cls_score.weight" in renamed
     torch.save({"model": renamed}, tmp_path / "renamed.pth")
-    common = ["--config-file", QUICK_CONFIG, "--eval-only", "dataloader.test.num_workers=0"]
+    common = ["--config-file", QUICK_CONFIG, "--eval-only", EVAL_SMALL, "dataloader.test.num_workers=0"]
     proc = run_tool(
         "lazyconfig_train_net.py",
         *common,

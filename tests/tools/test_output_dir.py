@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from helpers import QUICK_CONFIG, REPO_ROOT, SHORT, run_tool
+from helpers import EVAL_SMALL, QUICK_CONFIG, REPO_ROOT, SHORT, run_tool
 
 # Outcomes that do not depend on the float path (make test-1thread skips them), except divergence.
 pytestmark = pytest.mark.slow
@@ -181,6 +181,7 @@ def test_eval_only_writes_into_its_own_subdirectory(trained_run, tmp_path):
         "--config-file",
         QUICK_CONFIG,
         "--eval-only",
+        EVAL_SMALL,
         f"train.init_checkpoint={run / 'model_final.pth'}",
         f"train.output_dir={run}",
         "dataloader.test.num_workers=0",
@@ -203,6 +204,7 @@ def test_mistakes_stop_before_anything_is_written_in_one_line(trained_run, tmp_p
             "--config-file",
             QUICK_CONFIG,
             "--eval-only",
+            EVAL_SMALL,
             f"train.init_checkpoint={run / 'model_9999999.pth'}",
             f"train.output_dir={run}",
         )

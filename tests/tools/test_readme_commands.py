@@ -6,7 +6,7 @@ data root, so the README's relative paths (``datasets/shapes/val``, ``output/...
 what they mean in a fresh clone after the set-up commands. ``source .venv/bin/activate``
 is done the way activation works: the virtualenv's ``bin`` (this interpreter's) first on
 PATH. Each command line is given to bash exactly as written; only arguments that shrink
-the work are appended where the command takes them (a 4-iteration schedule for training,
+the work are appended where the command takes them (a 4-iteration schedule for training, evaluation on shapes_val_50,
 ``--num-iter 2`` for the benchmark), and the TensorBoard server gets a free port.
 
 Not run here: ``make demo`` (its recipe, read with ``make -n demo``, is the first
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from helpers import REPO_ROOT
+from helpers import EVAL_SMALL, REPO_ROOT
 
 from d2lite.config import LazyConfig
 
@@ -117,12 +117,10 @@ def _shrink(command: str) -> List[str]:
     """Arguments appended to ``command`` to make it quick."""
     if "lazyconfig_train_net.py" in command:
         if "--eval-only" in command:
-            return []
+            return [] if "dataloader.test.dataset.names=" in command else [EVAL_SMALL]
         schedule = ["train.max_iter=6"] if "--resume" in command else ["train.max_iter=4"]
         # Only the demo run evaluates, as `make demo` does (its AP and images feed TensorBoard).
-        return schedule + _TRAIN_TINY + ([] if command == DEMO_TRAIN else ["dataloader.evaluator=None"])
-    if "export_model.py" in command:
-        return ["--check-images", "1"]
+        return schedule + _TRAIN_TINY + ([EVAL_SMALL] if command == DEMO_TRAIN else ["dataloader.evaluator=None"])
     if "benchmark.py" in command:
         return ["--num-iter", "2", "--warmup", "1", "dataloader.train.total_batch_size=2"]
     return []

@@ -13,8 +13,9 @@ written on first use under ``<root>/shapes``::
     <root>/shapes/train/000000.jpg ...   <root>/shapes/train.json
     <root>/shapes/val/000000.jpg ...     <root>/shapes/val.json
 
-``register_all_shapes(root)`` registers ``shapes_train`` (1000 images, seed 0) and
-``shapes_val`` (200 images, seed 1) in the ``DatasetCatalog``; the files are
+``register_all_shapes(root)`` registers ``shapes_train`` (1000 images, seed 0),
+``shapes_val`` (200 images, seed 1) and ``shapes_val_50`` (its first 50 images, for
+quick evaluations) in the ``DatasetCatalog``; the files are
 generated when ``DatasetCatalog.get(name)`` is called the first time, not at import.
 
 Generation is deterministic: image ``i`` of a split with seed ``s`` is drawn by its
@@ -45,11 +46,13 @@ from PIL import Image, ImageDraw
 __all__ = [
     "CLASS_NAMES",
     "SHAPES_SPLITS",
+    "SHAPES_SUBSETS",
     "ShapesImage",
     "render_shapes_image",
     "generate_shapes",
     "register_shapes",
     "register_all_shapes",
+    "register_shapes_subset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,12 @@ CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
 SHAPES_SPLITS: dict[str, tuple[str, int, int]] = {
     "shapes_train": ("train", 1000, 0),
     "shapes_val": ("val", 200, 1),
+}
+
+# dataset name -> (parent split, number of images): the parent's first images, for quick
+# evaluations (smoke tests, README examples), as detectron2's coco_2017_val_100.
+SHAPES_SUBSETS: dict[str, tuple[str, int]] = {
+    "shapes_val_50": ("shapes_val", 50),
 }
 
 GENERATOR_VERSION = 1
@@ -479,8 +488,23 @@ def register_shapes(name: str, root: str, split: str, num_images: int, seed: int
     )
 
 
+def register_shapes_subset(name: str, parent: str, num_images: int) -> None:
+    """Register the first ``num_images`` images of the registered dataset ``parent`` as
+    ``name``. Its metadata has no ``json_file``: COCOEvaluator writes the subset's own COCO
+    json (the parent's would count the other images' boxes as missed)."""
+    from ..catalog import DatasetCatalog, MetadataCatalog
+
+    DatasetCatalog.register(name, lambda: DatasetCatalog.get(parent)[:num_images])
+    MetadataCatalog.get(name).set(
+        thing_classes=list(CLASS_NAMES),
+        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(CLASS_NAMES))},
+        evaluator_type="coco",
+    )
+
+
 def register_all_shapes(root: str | None = None) -> None:
-    """Register "shapes_train" (1000 images, seed 0) and "shapes_val" (200 images, seed 1).
+    """Register "shapes_train" (1000 images, seed 0), "shapes_val" (200 images, seed 1)
+    and "shapes_val_50" (the first 50 images of shapes_val).
 
     Args:
         root: the datasets folder; the data lives in ``<root>/shapes``. Defaults to
@@ -491,3 +515,5 @@ def register_all_shapes(root: str | None = None) -> None:
     shapes_root = os.path.join(os.path.abspath(os.path.expanduser(root)), "shapes")
     for name, (split, num_images, seed) in SHAPES_SPLITS.items():
         register_shapes(name, shapes_root, split, num_images, seed)
+    for name, (parent, num_images) in SHAPES_SUBSETS.items():
+        register_shapes_subset(name, parent, num_images)
