@@ -84,6 +84,7 @@ def test_retinanet_1x_yaml_converts_to_a_short_file(tmp_path):
     assert lazy.train.init_checkpoint == reference.train.init_checkpoint
     # the same model and schedule as build_model / build_optimizer / build_lr_scheduler on the YAML
     cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)  # a fixed initialisation, whatever ran before (its detections are compared below)
     from_yaml = build_model(cfg)
     assert_same_detector(instantiate(lazy.model), from_yaml, num_classes=80)
     _assert_same_solver(lazy, cfg, from_yaml, (0, 1, 999, 1000, 59999, 60000, 80000, 89999))

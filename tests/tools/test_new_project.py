@@ -171,6 +171,7 @@ def test_throwaway_project_trains_evaluates_resumes_and_reloads(tmp_path):
         "dataloader.train.total_batch_size=2",
         "dataloader.train.num_workers=0",
         "dataloader.test.num_workers=0",
+        "dataloader.test.dataset.names=shapes_val_50",  # a quick evaluation
         "model.score_thresh=0.0",
     ]
     proc = _run([tool, *common], env, cwd=tmp_path)
