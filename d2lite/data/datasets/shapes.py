@@ -466,6 +466,14 @@ def _load_shapes(root: str, split: str, num_images: int, seed: int, dataset_name
     return load_coco_json(json_file, image_root, dataset_name)
 
 
+def shapes_class_metadata() -> dict[str, Any]:
+    """``thing_classes`` and the COCO id -> contiguous id map shared by every shapes dataset."""
+    return {
+        "thing_classes": list(CLASS_NAMES),
+        "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(CLASS_NAMES))},
+    }
+
+
 def register_shapes(name: str, root: str, split: str, num_images: int, seed: int) -> None:
     """Register a shapes split as ``name``; its files are generated on the first
     ``DatasetCatalog.get(name)``.
@@ -480,8 +488,7 @@ def register_shapes(name: str, root: str, split: str, num_images: int, seed: int
     json_file, image_root = _paths(root, split)
     DatasetCatalog.register(name, lambda: _load_shapes(root, split, num_images, seed, name))
     MetadataCatalog.get(name).set(
-        thing_classes=list(CLASS_NAMES),
-        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(CLASS_NAMES))},
+        **shapes_class_metadata(),
         json_file=json_file,
         image_root=image_root,
         evaluator_type="coco",
@@ -496,8 +503,7 @@ def register_shapes_subset(name: str, parent: str, num_images: int) -> None:
 
     DatasetCatalog.register(name, lambda: DatasetCatalog.get(parent)[:num_images])
     MetadataCatalog.get(name).set(
-        thing_classes=list(CLASS_NAMES),
-        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(CLASS_NAMES))},
+        **shapes_class_metadata(),
         evaluator_type="coco",
     )
 

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .shapes import CLASS_NAMES, ShapesImage, generate_shapes
+from .shapes import CLASS_NAMES, ShapesImage, generate_shapes, shapes_class_metadata
 
 __all__ = ["SHAPES_EVAL_SPLITS", "render_shapes_eval_image", "register_shapes_eval"]
 
@@ -257,8 +257,7 @@ def register_shapes_eval(root: str | None = None) -> None:
 
         DatasetCatalog.register(name, load)
         MetadataCatalog.get(name).set(
-            thing_classes=list(CLASS_NAMES),
-            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(CLASS_NAMES))},
+            **shapes_class_metadata(),
             json_file=os.path.join(eval_root, f"{split}.json"),
             image_root=os.path.join(eval_root, split),
             evaluator_type="coco",
