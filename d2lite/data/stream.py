@@ -33,7 +33,8 @@ images of a multi-image transform must not come from a cache of the samples *thi
 worker* happened to map (that depends on the number of workers, and the cache is empty
 after a resume): take them from the stream instead, which is the same in every worker
 and after a resume. :func:`earlier_sample` gives the sample ``k`` positions earlier on
-this rank (position, dataset index, seed), :func:`raw_item` its unmapped dataset item;
+this rank (position, dataset index, seed), :func:`stream_sample` the sample at a position
+of the rank's stream, :func:`raw_item` its unmapped dataset item;
 map it under ``seeded_rngs(sample.seed)`` (or a generator seeded with ``sample.seed``)
 up to the stage the transform mixes at. "The last ``n`` samples of the stream" replaces
 mmdetection's per-worker result cache; a per-process memo of those results keyed by
@@ -72,6 +73,8 @@ __all__ = [
     "raw_item",
     "sample_seed",
     "seeded_rngs",
+    "stream_position",
+    "stream_sample",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +133,25 @@ def current_sample() -> Optional[StreamSample]:
     return _CURRENT_SAMPLE
 
 
+def stream_position() -> int:
+    """The position of :func:`current_sample` in this rank's stream: 0 for its first
+    sample, 1 for the next, ... (global position ``local * world_size + rank``)."""
+    if _CURRENT_SAMPLE is None or _CURRENT_STREAM is None:
+        raise RuntimeError("stream_position() is only available while a TrainDataStream maps a sample.")
+    return (_CURRENT_SAMPLE.position - _CURRENT_STREAM.rank) // _CURRENT_STREAM.world_size
+
+
+def stream_sample(local: int) -> StreamSample:
+    """The sample at position ``local`` (0 <= local <= :func:`stream_position`) of this
+    rank's stream. The same in every worker and after a resume."""
+    current = stream_position()
+    if not 0 <= local <= current:
+        raise ValueError(f"stream_sample: position {local} is not in [0, {current}] (the current sample).")
+    stream = _CURRENT_STREAM
+    position = local * stream.world_size + stream.rank
+    return StreamSample(position, stream.index_at(local), sample_seed(stream.seed, position))
+
+
 def earlier_sample(steps: int) -> Optional[StreamSample]:
     """The sample ``steps`` (>= 1) positions before :func:`current_sample` in this rank's
     stream (its global position is ``current.position - steps * world_size``), or None
@@ -138,12 +160,8 @@ def earlier_sample(steps: int) -> Optional[StreamSample]:
         raise RuntimeError("earlier_sample() is only available while a TrainDataStream maps a sample.")
     if steps < 1:
         raise ValueError(f"earlier_sample: steps must be >= 1, got {steps}.")
-    stream = _CURRENT_STREAM
-    local = (_CURRENT_SAMPLE.position - stream.rank) // stream.world_size - steps
-    if local < 0:
-        return None
-    position = local * stream.world_size + stream.rank
-    return StreamSample(position, stream.index_at(local), sample_seed(stream.seed, position))
+    local = stream_position() - steps
+    return None if local < 0 else stream_sample(local)
 
 
 def raw_item(sample: StreamSample) -> Any:

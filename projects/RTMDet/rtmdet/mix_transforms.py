@@ -1,10 +1,23 @@
 """mmdetection 3.x's multi-image training transforms: ``CachedMosaic`` and ``CachedMixUp``.
 
-Both keep a cache of recent samples *inside the augmentation object*, as mmdetection
-does. A data-loader worker process gets its own copy of the mapper, so each worker
-has its own caches, filled with the samples that worker mapped (with ``num_workers=0``
-the main process holds them). Rebuilding the data loader (e.g. the pipeline switch of
-:class:`rtmdet.hooks.PipelineSwitchHook`) starts with empty caches.
+Both mix the current sample with samples from a *cache of recent samples*, as in
+mmdetection. Where the cache comes from depends on who maps the sample:
+
+* **In a d2lite training stream** (:class:`~d2lite.data.stream.TrainDataStream`, i.e.
+  ``build_detection_train_loader`` with :class:`rtmdet.mapper.RTMDetDatasetMapper`):
+  the cache is *the stream's recent samples* at the transform's stage of the
+  pipeline. The cache of the sample at position ``t`` of the rank's stream holds the
+  samples at positions ``t - max_cached_images + 1 .. t`` (FIFO, ``random_pop=False``,
+  which is exactly mmdetection's cache with one worker), or, with ``random_pop``, the
+  entries left by mmdetection's pop rule simulated over the last ``4 * max_cached_images``
+  positions, each pop drawn from its position's seed. An entry is the earlier sample
+  mapped under its own seed up to this transform (what mmdetection cached when that
+  sample passed), computed when a mix first needs it and memoised per process. So a
+  sample's mix depends only on (seed, position in the stream): the same with any
+  number of data-loader workers and after a resume (d2lite's exact resume).
+* **Anywhere else** (called directly, or by a mapper outside a stream): the cache lives
+  *inside the augmentation object*, filled with the samples it saw, as mmdetection
+  does; each data-loader worker's copy has its own.
 
 Each sample is added to the cache *before* the mix, so with ``random_pop`` a cache
 holds a random subset of the last samples; the mixed-in samples are drawn from the
@@ -18,7 +31,8 @@ random generator) in place. They return a :class:`~d2lite.data.transforms.NoOpTr
 a mix is not a single-image transform, the result is in the input.
 """
 
-from typing import List, NamedTuple, Sequence, Tuple
+import collections
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,7 +40,7 @@ from d2lite.data import transforms as T
 
 from .transforms import DetAugInput, boxes_inside, clip_boxes, resize_bilinear
 
-__all__ = ["CachedSample", "CachedMosaic", "CachedMixUp", "mosaic_combine"]
+__all__ = ["CachedSample", "CachedMosaic", "CachedMixUp", "StreamHistory", "mosaic_combine"]
 
 
 class CachedSample(NamedTuple):
@@ -54,6 +68,101 @@ class _ResultCache:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+
+class StreamHistory:
+    """The training stream as seen by the sample being mapped: given by
+    :class:`~rtmdet.mapper.RTMDetDatasetMapper` to the augmentations (``aug_input.history``)
+    while a :class:`~d2lite.data.stream.TrainDataStream` maps a sample.
+
+    Args:
+        position: the sample's position in this rank's stream (0, 1, 2, ...).
+        seed_at: ``seed_at(p)``: the seed of the sample at position ``p`` (<= position).
+        compute: ``compute(p, stage)``: the sample at position ``p`` mapped under its own
+            seed up to (without) augmentation ``stage``, or None if an augmentation
+            before ``stage`` rejected it.
+        first_attempt: False when the mapper maps this position again (a replacement
+            after a rejection): its state is then not the position's own.
+    """
+
+    def __init__(
+        self,
+        position: int,
+        seed_at: Callable[[int], int],
+        compute: Callable[[int, int], Optional[CachedSample]],
+        first_attempt: bool = True,
+    ):
+        self.position = position
+        self.seed_at = seed_at
+        self.compute = compute
+        self.first_attempt = first_attempt
+        self.stage = 0  # the index of the augmentation being applied; set by the mapper
+
+
+# Positions over which mmdetection's random pops are simulated, in cache sizes: an entry
+# survives a pop with probability 1 - 1/max_cached_images, so after 4 sizes ~2% of the
+# entries of the full history would still be older than the window.
+_POP_WINDOW = 4
+
+
+class _StreamCache:
+    """mmdetection's result cache rebuilt from the stream (module docstring): which earlier
+    positions it holds at a position, and their entries, memoised per process."""
+
+    def __init__(self, max_size: int, random_pop: bool, salt: int):
+        self.max_size = max_size
+        self.random_pop = random_pop
+        self.salt = salt
+        self._entries: collections.OrderedDict[Tuple[int, int], Optional[CachedSample]] = collections.OrderedDict()
+        self._pops: Dict[int, int] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_entries": collections.OrderedDict(), "_pops": {}}  # workers start empty
+
+    def _pop_index(self, history: StreamHistory, position: int) -> int:
+        """Which of the ``max_size`` older entries the sample at ``position`` pops (never itself)."""
+        if position not in self._pops:
+            rng = np.random.default_rng([history.seed_at(position), self.salt])
+            self._pops[position] = int(rng.integers(0, self.max_size))
+            if len(self._pops) > 8 * _POP_WINDOW * self.max_size:
+                for key in sorted(self._pops)[: len(self._pops) // 2]:
+                    del self._pops[key]
+        return self._pops[position]
+
+    def members(self, history: StreamHistory) -> List[int]:
+        """The positions in the cache after adding the current sample, oldest first (the
+        current one last), as mmdetection's cache of one worker would hold them."""
+        t = history.position
+        if not self.random_pop or t < self.max_size:
+            return list(range(max(0, t - self.max_size + 1), t + 1))
+        members: List[int] = []
+        for q in range(max(0, t - _POP_WINDOW * self.max_size), t + 1):
+            members.append(q)
+            if len(members) > self.max_size:
+                members.pop(self._pop_index(history, q))
+        return members
+
+    def remember(self, history: StreamHistory, aug_input: DetAugInput) -> None:
+        """Memoise the current sample at this stage (it is the position's entry)."""
+        if history.first_attempt:
+            entry = CachedSample(aug_input.image.copy(), aug_input.boxes.copy(), aug_input.classes.copy())
+            self._store((history.position, history.stage), entry)
+
+    def get(self, history: StreamHistory, position: int) -> Optional[CachedSample]:
+        """The entry of ``position`` (None: the sample was rejected before this stage)."""
+        key = (position, history.stage)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        entry = history.compute(position, history.stage)
+        self._store(key, entry)
+        return entry
+
+    def _store(self, key: Tuple[int, int], entry: Optional[CachedSample]) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > 2 * self.max_size:
+            self._entries.popitem(last=False)
 
 
 def mosaic_combine(
@@ -110,7 +219,7 @@ class CachedMosaic(T.Augmentation):
     3. :meth:`combine`: the current sample top-left, the drawn ones top-right,
        bottom-left, bottom-right.
 
-    Per-worker state: the cache (see the module docstring).
+    State: the cache (module docstring: the stream's samples, or a per-worker cache).
 
     Args:
         img_scale: (height, width) of one mosaic cell. Defaults to (640, 640).
@@ -146,6 +255,7 @@ class CachedMosaic(T.Augmentation):
         self.max_cached_images = max_cached_images
         self.random_pop = random_pop
         self.cache = _ResultCache(max_cached_images, random_pop)
+        self.stream_cache = _StreamCache(max_cached_images, random_pop, salt=0x4D05)
 
     def combine(self, samples: Sequence[CachedSample], center_xy: Tuple[int, int]) -> CachedSample:
         """The mosaic of four samples (top-left, top-right, bottom-left, bottom-right).
@@ -182,15 +292,26 @@ class CachedMosaic(T.Augmentation):
 
     def __call__(self, aug_input: DetAugInput) -> T.Transform:
         rng = aug_input.rng
-        self.cache.add(aug_input)
-        if len(self.cache) <= 4 or rng.uniform(0, 1) > self.prob:
+        history = getattr(aug_input, "history", None)
+        if history is not None:  # the stream's recent samples (module docstring)
+            self.stream_cache.remember(history, aug_input)
+            members = self.stream_cache.members(history)
+        else:
+            self.cache.add(aug_input)
+            members = self.cache.entries
+        if len(members) <= 4 or rng.uniform(0, 1) > self.prob:
             return T.NoOpTransform()
-        entries = self.cache.entries
-        indices = [int(rng.integers(0, len(entries) - 1)) for _ in range(3)]
+        indices = [int(rng.integers(0, len(members) - 1)) for _ in range(3)]
         center_x = int(rng.uniform(*self.center_ratio_range) * self.img_scale[1])
         center_y = int(rng.uniform(*self.center_ratio_range) * self.img_scale[0])
+        if history is not None:
+            others = [self.stream_cache.get(history, members[i]) for i in indices]
+            if any(other is None for other in others):  # rejected before this stage (mosaic not first)
+                return T.NoOpTransform()
+        else:
+            others = [members[i] for i in indices]
         current = CachedSample(aug_input.image, aug_input.boxes, aug_input.classes)
-        out = self.combine([current] + [entries[i] for i in indices], (center_x, center_y))
+        out = self.combine([current] + others, (center_x, center_y))
         aug_input.image, aug_input.boxes, aug_input.classes = out
         return T.NoOpTransform()
 
@@ -207,7 +328,7 @@ class CachedMixUp(T.Augmentation):
     3. :meth:`mix` with ``jit_factor = U(*ratio_range)``, ``flip = U(0, 1) > flip_ratio``
        and, where the jittered image is larger than the sample, random integer offsets.
 
-    Per-worker state: the cache (see the module docstring).
+    State: the cache (module docstring: the stream's samples, or a per-worker cache).
 
     Args:
         img_scale: (height, width) the cached image is fitted into. Defaults to (640, 640).
@@ -250,6 +371,7 @@ class CachedMixUp(T.Augmentation):
         self.random_pop = random_pop
         self.prob = prob
         self.cache = _ResultCache(max_cached_images, random_pop)
+        self.stream_cache = _StreamCache(max_cached_images, random_pop, salt=0x313C)
 
     def mix(
         self,
@@ -307,16 +429,21 @@ class CachedMixUp(T.Augmentation):
 
     def __call__(self, aug_input: DetAugInput) -> T.Transform:
         rng = aug_input.rng
-        self.cache.add(aug_input)
-        if len(self.cache) <= 1 or rng.uniform(0, 1) > self.prob:
+        history = getattr(aug_input, "history", None)
+        if history is not None:  # the stream's recent samples (module docstring)
+            self.stream_cache.remember(history, aug_input)
+            members = self.stream_cache.members(history)
+        else:
+            self.cache.add(aug_input)
+            members = self.cache.entries
+        if len(members) <= 1 or rng.uniform(0, 1) > self.prob:
             return T.NoOpTransform()
-        entries = self.cache.entries
         for _ in range(self.max_iters):
-            index = int(rng.integers(0, len(entries) - 1))
-            if len(entries[index].boxes) != 0:
+            index = int(rng.integers(0, len(members) - 1))
+            other = self.stream_cache.get(history, members[index]) if history is not None else members[index]
+            if other is not None and len(other.boxes) != 0:  # None: rejected before this stage
                 break
-        other = entries[index]
-        if len(other.boxes) == 0:
+        if other is None or len(other.boxes) == 0:
             return T.NoOpTransform()
         jit_factor = rng.uniform(*self.ratio_range)
         flip = rng.uniform(0, 1) > self.flip_ratio
