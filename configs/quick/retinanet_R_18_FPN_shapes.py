@@ -1,8 +1,9 @@
 """RetinaNet R18-FPN trained from scratch on the built-in shapes dataset, on a CPU.
 
-This is `make demo`: on a 2-core CPU it generates the data, trains and evaluates
-(on shapes_val, then on the second generator's shapes_eval) in under 10 minutes,
-install included; times, APs and how the recipe was chosen: benchmarks/README.md.
+This is `make demo`: on a 2-core CPU it generates the data, trains (2 processes of
+one thread: ``--num-gpus 2``, which on a CPU starts processes) and evaluates (on
+shapes_val, then on the second generator's shapes_eval) in under 10 minutes, install
+included; times, APs and how the recipe was chosen: benchmarks/README.md.
 Changes from the COCO recipe: a half-width ResNet-18 with BatchNorm trained from
 scratch, a 64-channel FPN on P3-P5 with anchors of 16-101 px (shapes are 12-90 px),
 a GroupNorm head of 2 convs per branch, GIoU box loss, AdamW, channels-last
@@ -23,7 +24,7 @@ from ..common.models.retinanet import model
 from ..common.optim import AdamW as optimizer
 from ..common.train import train
 
-MAX_ITER = 1200
+MAX_ITER = 1000
 
 dataloader.train.dataset.names = "shapes_train"
 dataloader.test.dataset.names = "shapes_val"
@@ -71,6 +72,8 @@ model.pixel_std = [57.375, 57.120, 58.395]
 
 optimizer.lr = 2e-3
 optimizer.weight_decay = 0.05
+# One fused kernel for all parameters: the CPU optimizer step of this model takes 17 ms instead of 30.
+optimizer.fused = True
 
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[80, 93, 100]),

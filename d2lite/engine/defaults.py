@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import os
 import subprocess
@@ -56,6 +57,13 @@ def create_ddp_model(model: torch.nn.Module, *, fp16_compression: bool = False, 
         on_cuda = any(p.is_cuda for p in model.parameters())
         if on_cuda:  # the device launch() selected: the local rank's, or the task's own GPU under srun
             kwargs["device_ids"] = [torch.cuda.current_device()]
+    if (
+        "broadcast_buffers" in kwargs
+        and "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    ):
+        # torch >= 2.14 deprecates broadcast_buffers (a FutureWarning on every run). Its successor also
+        # syncs the buffers once when wrapping, which changes nothing here: all ranks build the same model.
+        kwargs["forward_sync_buffers"] = kwargs.pop("broadcast_buffers")
     ddp = DistributedDataParallel(model, **kwargs)
     if fp16_compression:
         from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks

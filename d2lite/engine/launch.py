@@ -335,6 +335,22 @@ def launch(
         main_func(*args)
 
 
+def _share_cpu_cores(num_processes_per_machine: int) -> None:
+    """Give each of the machine's CPU training processes an equal share of the cores as
+    intra-op threads (as torchrun sets OMP_NUM_THREADS=1 per worker), unless the user set
+    ``OMP_NUM_THREADS``: by default every process would start one thread per core, and
+    ``n`` processes would oversubscribe the cores ``n`` times."""
+    if num_processes_per_machine <= 1 or os.environ.get("OMP_NUM_THREADS"):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // num_processes_per_machine)
+    torch.set_num_threads(threads)
+    logger.info(
+        f"{num_processes_per_machine} CPU processes on {cores} cores: {threads} intra-op thread(s) each "
+        "(set OMP_NUM_THREADS to choose)."
+    )
+
+
 def _init_worker(
     init_method: str,
     world_size: int,
@@ -382,6 +398,8 @@ def _distributed_worker(
     timeout: timedelta = DEFAULT_TIMEOUT,
 ) -> None:
     global_rank = machine_rank * num_gpus_per_machine + local_rank
+    if not torch.cuda.is_available():  # torchrun and srun set the threads (or CPU affinity) themselves
+        _share_cpu_cores(num_gpus_per_machine)
     _init_worker(dist_url, world_size, global_rank, local_rank, num_gpus_per_machine, timeout)
     try:
         main_func(*args)

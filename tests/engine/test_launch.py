@@ -386,3 +386,25 @@ def test_launch_bad_dist_url(no_launcher_env):
         launch(print, 2)
     with pytest.raises(ValueError, match="not supported in multi-machine"):
         launch(print, 2, num_machines=2, dist_url="auto")
+
+
+def test_spawned_cpu_processes_share_the_cores(monkeypatch):
+    """n CPU processes started by launch() get cores // n intra-op threads each (at least 1),
+    unless OMP_NUM_THREADS is set (the user's choice wins)."""
+    launch = sys.modules["d2lite.engine.launch"]  # the module (d2lite.engine.launch is also the function)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    threads = torch.get_num_threads()
+    try:
+        launch._share_cpu_cores(2)
+        assert torch.get_num_threads() == 4
+        launch._share_cpu_cores(16)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(3)
+        launch._share_cpu_cores(1)  # one process: untouched
+        assert torch.get_num_threads() == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        launch._share_cpu_cores(2)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)

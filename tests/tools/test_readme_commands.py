@@ -261,6 +261,7 @@ def test_readme_commands_and_tool_help_examples_run_as_written(clone, capsys, mo
             DEMO_TRAIN,
             f"{DEMO_TRAIN} train.output_dir=output/retinanet_R_18_FPN_shapes",  # the config's own
             f"{DEMO_TRAIN} --resume train.output_dir=output/retinanet_R_18_FPN_shapes",  # make demo again continues
+            f"{DEMO_TRAIN} --num-gpus 2 --resume train.output_dir=output/retinanet_R_18_FPN_shapes",  # 2 processes
         ), recipe
         demo += steps[1:]
 
