@@ -24,7 +24,7 @@ from ..common.models.retinanet import model
 from ..common.optim import AdamW as optimizer
 from ..common.train import train
 
-MAX_ITER = 1000
+MAX_ITER = 1200
 
 dataloader.train.dataset.names = "shapes_train"
 dataloader.test.dataset.names = "shapes_val"
