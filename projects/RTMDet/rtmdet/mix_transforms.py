@@ -165,6 +165,20 @@ class _StreamCache:
             self._entries.popitem(last=False)
 
 
+def _add_to_cache(
+    aug_input: DetAugInput, cache: _ResultCache, stream_cache: _StreamCache
+) -> Tuple[Optional[StreamHistory], list]:
+    """Add the current sample to the cache a mix transform uses (module docstring) and return
+    ``(history, members)``: in a training stream the input's :class:`StreamHistory` and the
+    cached stream positions (entries via ``stream_cache.get``), else ``(None, cache entries)``."""
+    history = getattr(aug_input, "history", None)
+    if history is not None:
+        stream_cache.remember(history, aug_input)
+        return history, stream_cache.members(history)
+    cache.add(aug_input)
+    return None, cache.entries
+
+
 def mosaic_combine(
     loc: str, center_xy: Tuple[int, int], img_wh: Tuple[int, int], img_scale: Tuple[int, int]
 ) -> Tuple[Tuple[int, int, int, int], Tuple[int, int, int, int]]:
@@ -292,20 +306,14 @@ class CachedMosaic(T.Augmentation):
 
     def __call__(self, aug_input: DetAugInput) -> T.Transform:
         rng = aug_input.rng
-        history = getattr(aug_input, "history", None)
-        if history is not None:  # the stream's recent samples (module docstring)
-            self.stream_cache.remember(history, aug_input)
-            members = self.stream_cache.members(history)
-        else:
-            self.cache.add(aug_input)
-            members = self.cache.entries
+        history, members = _add_to_cache(aug_input, self.cache, self.stream_cache)
         if len(members) <= 4 or rng.uniform(0, 1) > self.prob:
             return T.NoOpTransform()
         indices = [int(rng.integers(0, len(members) - 1)) for _ in range(3)]
         center_x = int(rng.uniform(*self.center_ratio_range) * self.img_scale[1])
         center_y = int(rng.uniform(*self.center_ratio_range) * self.img_scale[0])
         if history is not None:
-            others = [self.stream_cache.get(history, members[i]) for i in indices]
+            others = [self.stream_cache.get(history, members[i]) for i in indices]  # positions -> entries
             if any(other is None for other in others):  # rejected before this stage (mosaic not first)
                 return T.NoOpTransform()
         else:
@@ -429,13 +437,7 @@ class CachedMixUp(T.Augmentation):
 
     def __call__(self, aug_input: DetAugInput) -> T.Transform:
         rng = aug_input.rng
-        history = getattr(aug_input, "history", None)
-        if history is not None:  # the stream's recent samples (module docstring)
-            self.stream_cache.remember(history, aug_input)
-            members = self.stream_cache.members(history)
-        else:
-            self.cache.add(aug_input)
-            members = self.cache.entries
+        history, members = _add_to_cache(aug_input, self.cache, self.stream_cache)
         if len(members) <= 1 or rng.uniform(0, 1) > self.prob:
             return T.NoOpTransform()
         for _ in range(self.max_iters):
