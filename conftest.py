@@ -7,6 +7,11 @@ Every test runs with the same process-global torch state, whatever ran before it
   count, default dtype, grad mode, deterministic-algorithms flag or the working
   directory changed (the state is restored first, so later tests are unaffected).
   Change such state inside a ``try/finally`` or with ``monkeypatch``.
+* It also puts the ``d2lite`` and ``fvcore`` loggers back as they were (level,
+  ``propagate``, handlers; handlers a test added are closed) and clears
+  ``setup_logger``'s cache, silently: tests run tools' ``main()`` in-process, and a tool
+  that configures logging (e.g. ``setup_logger(name="d2lite").setLevel(WARNING)``) must
+  not hide the log records a later test reads through ``caplog``.
 * ``--threads N`` (or ``D2LITE_TEST_THREADS=N``) runs the whole suite with ``N``
   intra-op threads, in this process and in the processes tests start
   (``OMP_NUM_THREADS``). CI runs the slow tests once more with ``--threads 1``,
@@ -17,6 +22,7 @@ Every test runs with the same process-global torch state, whatever ran before it
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from typing import Any, Callable, Dict, Iterator, List, Tuple
@@ -76,12 +82,50 @@ def _guarded_state() -> Dict[str, Tuple[Callable[[], Any], Callable[[Any], None]
     }
 
 
+_LOGGER_ROOTS = ("d2lite", "fvcore")
+
+
+def _logger_states() -> Dict[str, Tuple[int, bool, bool, List[logging.Handler]]]:
+    """name -> (level, propagate, disabled, handlers) of the loggers under ``_LOGGER_ROOTS``."""
+    names = [n for n in list(logging.Logger.manager.loggerDict) if n.split(".")[0] in _LOGGER_ROOTS]
+    states = {}
+    for name in names:
+        lg = logging.getLogger(name)
+        states[name] = (lg.level, lg.propagate, lg.disabled, list(lg.handlers))
+    return states
+
+
+def _restore_loggers(before: Dict[str, Tuple[int, bool, bool, List[logging.Handler]]]) -> None:
+    changed = False
+    for name, state in _logger_states().items():
+        level, propagate, disabled, handlers = before.get(name, (logging.NOTSET, True, False, []))
+        if state == (level, propagate, disabled, handlers):
+            continue
+        changed = True
+        lg = logging.getLogger(name)
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
+        for handler in list(lg.handlers):
+            if handler not in handlers:
+                lg.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in lg.handlers:
+                lg.addHandler(handler)
+    if changed:
+        from d2lite.utils.logger import setup_logger
+
+        setup_logger.cache_clear()  # its cached loggers' handlers may be gone: the next call sets them up
+
+
 @pytest.fixture(autouse=True)
 def _isolate_global_state() -> Iterator[None]:
     guarded = _guarded_state()
     before = {name: read() for name, (read, _) in guarded.items()}
     rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    loggers = _logger_states()
     yield
+    _restore_loggers(loggers)
     torch.set_rng_state(rng[0])
     np.random.set_state(rng[1])
     random.setstate(rng[2])
