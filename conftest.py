@@ -7,11 +7,12 @@ Every test runs with the same process-global torch state, whatever ran before it
   count, default dtype, grad mode, deterministic-algorithms flag or the working
   directory changed (the state is restored first, so later tests are unaffected).
   Change such state inside a ``try/finally`` or with ``monkeypatch``.
-* It also puts the ``d2lite`` and ``fvcore`` loggers back as they were (level,
-  ``propagate``, handlers; handlers a test added are closed) and clears
-  ``setup_logger``'s cache, silently: tests run tools' ``main()`` in-process, and a tool
-  that configures logging (e.g. ``setup_logger(name="d2lite").setLevel(WARNING)``) must
-  not hide the log records a later test reads through ``caplog``.
+* It also puts the ``d2lite`` and ``fvcore`` loggers back as they were when the session
+  started (level, ``propagate``, handlers; handlers added since are closed) and clears
+  ``setup_logger``'s cache, silently: tests and module fixtures run tools' ``main()``
+  in-process, and a tool that configures logging (e.g.
+  ``setup_logger(name="d2lite").setLevel(WARNING)``) must not hide the log records a later
+  test reads through ``caplog``.
 * ``--threads N`` (or ``D2LITE_TEST_THREADS=N``) runs the whole suite with ``N``
   intra-op threads, in this process and in the processes tests start
   (``OMP_NUM_THREADS``). CI runs the slow tests once more with ``--threads 1``,
@@ -49,6 +50,13 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
         os.environ["MKL_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
+
+
+_SESSION_LOGGERS: Dict[str, Tuple[int, bool, bool, List[logging.Handler]]] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _SESSION_LOGGERS.update(_logger_states())
 
 
 def pytest_report_header(config: pytest.Config) -> List[str]:
@@ -123,9 +131,8 @@ def _isolate_global_state() -> Iterator[None]:
     guarded = _guarded_state()
     before = {name: read() for name, (read, _) in guarded.items()}
     rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
-    loggers = _logger_states()
     yield
-    _restore_loggers(loggers)
+    _restore_loggers(_SESSION_LOGGERS)  # as at the start: a module fixture's logging must not leak either
     torch.set_rng_state(rng[0])
     np.random.set_state(rng[1])
     random.setstate(rng[2])
