@@ -344,11 +344,7 @@ def _share_cpu_cores(num_processes_per_machine: int) -> None:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // num_processes_per_machine)
-    torch.set_num_threads(threads)
-    logger.info(
-        f"{num_processes_per_machine} CPU processes on {cores} cores: {threads} intra-op thread(s) each "
-        "(set OMP_NUM_THREADS to choose)."
-    )
+    torch.set_num_threads(threads)  # (no log: a spawned process has no logger set up yet)
 
 
 def _init_worker(

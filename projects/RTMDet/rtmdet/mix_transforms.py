@@ -113,7 +113,7 @@ class _StreamCache:
         self.max_size = max_size
         self.random_pop = random_pop
         self.salt = salt
-        self._entries: collections.OrderedDict[Tuple[int, int], Optional[CachedSample]] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[int, Optional[CachedSample]] = collections.OrderedDict()  # position ->
         self._pops: Dict[int, int] = {}
 
     def __getstate__(self) -> dict:
@@ -146,21 +146,20 @@ class _StreamCache:
         """Memoise the current sample at this stage (it is the position's entry)."""
         if history.first_attempt:
             entry = CachedSample(aug_input.image.copy(), aug_input.boxes.copy(), aug_input.classes.copy())
-            self._store((history.position, history.stage), entry)
+            self._store(history.position, entry)
 
     def get(self, history: StreamHistory, position: int) -> Optional[CachedSample]:
         """The entry of ``position`` (None: the sample was rejected before this stage)."""
-        key = (position, history.stage)
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return self._entries[key]
+        if position in self._entries:
+            self._entries.move_to_end(position)
+            return self._entries[position]
         entry = history.compute(position, history.stage)
-        self._store(key, entry)
+        self._store(position, entry)
         return entry
 
-    def _store(self, key: Tuple[int, int], entry: Optional[CachedSample]) -> None:
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
+    def _store(self, position: int, entry: Optional[CachedSample]) -> None:
+        self._entries[position] = entry  # one cache per transform, so one stage: keyed by position
+        self._entries.move_to_end(position)
         while len(self._entries) > 2 * self.max_size:
             self._entries.popitem(last=False)
 

@@ -1,4 +1,9 @@
-"""Shared helpers of the RTMDet tests (a tiny model builder and a synthetic batch)."""
+"""Shared helpers of the RTMDet tests (a tiny model builder, a synthetic batch, a run of the
+training tool)."""
+
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -6,6 +11,7 @@ from d2lite.layers import ShapeSpec
 from d2lite.structures import Boxes, Instances
 from rtmdet import CSPNeXt, CSPNeXtPAFPN, RTMDet, RTMDetSepBNHead
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BGR_MEAN = [103.53, 116.28, 123.675]
 BGR_STD = [57.375, 57.12, 58.395]
 
@@ -121,3 +127,14 @@ def write_coco_fixture(root, split="train2017", num_images=6, seed=0):
         images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
     with open(os.path.join(root, "annotations", f"instances_{split}.json"), "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+
+
+def run_train_tool(config, *args, resume=False, env=None, timeout=900):
+    """Run tools/lazyconfig_train_net.py on ``config`` (``--resume`` first, then ``args``) from
+    the repository root; assert it succeeds and return its stdout + stderr."""
+    cmd = [sys.executable, os.path.join(REPO, "tools", "lazyconfig_train_net.py"), "--config-file", config]
+    cmd += (["--resume"] if resume else []) + list(args)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout + proc.stderr

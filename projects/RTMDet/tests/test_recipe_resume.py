@@ -6,22 +6,19 @@ ends with the uninterrupted run's losses per iteration and its final weights."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
+from rtmdet_testing import REPO, run_train_tool
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CONFIG = os.path.join(REPO, "projects", "RTMDet", "configs", "rtmdet_tiny_shapes_recipe.py")
 
 pytestmark = [pytest.mark.slow, pytest.mark.onepass]
 
 
 def _train(out, workers, resume=False):
-    cmd = [sys.executable, os.path.join(REPO, "tools", "lazyconfig_train_net.py"), "--config-file", CONFIG]
-    cmd += ["--resume"] if resume else []
-    cmd += [
+    return run_train_tool(
+        CONFIG,
         "train.max_iter=6",
         "train.checkpointer.period=3",
         "train.log_period=1",
@@ -30,11 +27,9 @@ def _train(out, workers, resume=False):
         "dataloader.train.total_batch_size=4",
         f"dataloader.train.num_workers={workers}",
         f"train.output_dir={out}",
-    ]
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout + proc.stderr
+        resume=resume,
+        timeout=600,
+    )
 
 
 def _losses(out):

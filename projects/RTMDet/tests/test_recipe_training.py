@@ -4,23 +4,19 @@ the pipeline switch at its iteration, evaluation after it, and a resume after th
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from rtmdet_testing import write_coco_fixture
+from rtmdet_testing import REPO, run_train_tool, write_coco_fixture
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_pretrained import _imagenet_checkpoint
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CONFIG = os.path.join(REPO, "projects", "RTMDet", "configs", "rtmdet_tiny_8xb32-300e_coco.py")
 
 
 def _train(tmp_path, out, *overrides, resume=False):
-    cmd = [sys.executable, os.path.join(REPO, "tools", "lazyconfig_train_net.py"), "--config-file", CONFIG]
-    cmd += ["--resume"] if resume else []
-    cmd += [
+    return run_train_tool(
+        CONFIG,
         "train.device=cpu",
         "train.log_period=1",
         "train.eval_period=0",
@@ -34,16 +30,9 @@ def _train(tmp_path, out, *overrides, resume=False):
         f"train.init_checkpoint=rtmdet-backbone://{tmp_path / 'cspnext-tiny_imagenet_600e.pth'}",
         f"train.output_dir={out}",
         *overrides,
-    ]
-    env = {
-        **os.environ,
-        "OMP_WAIT_POLICY": "PASSIVE",
-        "D2LITE_DATASETS": str(tmp_path / "datasets"),
-        "FVCORE_CACHE": str(tmp_path / "cache"),
-    }
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc.stdout + proc.stderr
+        resume=resume,
+        env={"D2LITE_DATASETS": str(tmp_path / "datasets"), "FVCORE_CACHE": str(tmp_path / "cache")},
+    )
 
 
 def _metrics(out):
